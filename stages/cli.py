@@ -1,0 +1,161 @@
+"""The command line: one command per DVC stage (as called by dvc.yaml), plus ``search``.
+
+Every stage command reads the validated parameters from ``--params`` (default params.yaml)
+and writes to the paths of :mod:`stages.layout`, relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from stages.errors import UserError
+
+app = typer.Typer(
+    help=(
+        "General object retrieval with MS-UGCML: a DVC pipeline from images to retrieval metrics.\n\n"
+        "Stages, in DAG order: data -> extract -> splits -> groups -> train -> index -> evaluate. "
+        "Run them all with `dvc repro`; each command here runs one stage with the parameters of "
+        "params.yaml. Set STAGES_DEBUG=1 to see full tracebacks."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameter file (YAML) to read.")
+
+
+def _run_stage(name: str, params_path: Path, fn: Callable) -> None:
+    from stages.config import load_params
+
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s", stream=sys.stderr, force=True)
+    try:
+        params = load_params(params_path)
+        fn(params)
+    except (UserError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("STAGES_DEBUG"):
+            raise
+        typer.secho(f"error in stage '{name}': {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def data(params: Path = ParamsOption) -> None:
+    """Materialise the dataset as COCO-format tables: data/dataset/{train,test}.json.
+
+    Params: seed, data.* . The default source 'synthetic' renders deterministic scenes
+    (shapes x textures x colours on real photo backgrounds, long-tailed object sizes)
+    into data/dataset/images/.
+    """
+    from stages.data import run
+
+    _run_stage("data", params, run)
+
+
+@app.command()
+def extract(params: Path = ParamsOption) -> None:
+    """Extract class-agnostic object proposals into Parquet shards: data/objects/.
+
+    Params: extract.* . One row per object: object_id, image_id, split, box x1 y1 x2 y2,
+    area, score, the crop (PNG/JPEG bytes, longest side extract.crop_size) and the
+    extractor name. Unreadable images are skipped and counted in data/objects/summary.json.
+    """
+    from stages.extract import run
+
+    _run_stage("extract", params, run)
+
+
+@app.command()
+def splits(params: Path = ParamsOption) -> None:
+    """Open-world Task1-4 splits: known classes of `task` and its training objects.
+
+    Params: task. Writes data/splits/tasks.json and data/splits/train_objects.parquet
+    (training objects = extracted train objects overlapping a GT box of a known class).
+    """
+    from stages.splits import run
+
+    _run_stage("splits", params, run)
+
+
+@app.command()
+def groups(params: Path = ParamsOption) -> None:
+    """Assign each training object to one of `groups` scale groups by area quantiles.
+
+    Params: groups. Writes data/groups/assignment.parquet, boundaries.json and
+    area_hist.png (the long-tailed size histogram with the group boundaries).
+    """
+    from stages.groups import run
+
+    _run_stage("groups", params, run)
+
+
+@app.command()
+def train(params: Path = ParamsOption) -> None:
+    """Train the embedding model (train.method: stml or none) into models/model.pt.
+
+    Params: seed, groups, train.* . Resumable: rerunning after a crash continues from
+    models/checkpoint.pt when the parameters and crops are unchanged. The loss curves
+    go to models/train_log.tsv.
+    """
+    from stages.train import run
+
+    _run_stage("train", params, run)
+
+
+@app.command()
+def index(params: Path = ParamsOption) -> None:
+    """Embed gallery objects (test split) and query boxes (test GT), build FAISS indexes.
+
+    Params: extract.crop_size, index.* . Writes index/{model,pretrained}/ (gallery.faiss,
+    queries.npy) and index/{gallery,queries}.parquet.
+    """
+    from stages.index import run
+
+    _run_stage("index", params, run)
+
+
+@app.command()
+def evaluate(params: Path = ParamsOption) -> None:
+    """Object- and image-level Recall@k and mAP into metrics/retrieval.json.
+
+    Params: groups, task, evaluate.* . Object level: IoU >= evaluate.object_iou with a GT box
+    of the query's class; image level: any overlap. For all / known / unknown classes, for
+    the trained model ('model') and the untrained backbone ('pretrained').
+    """
+    from stages.evaluate import run
+
+    _run_stage("evaluate", params, run)
+
+
+@app.command("params")
+def params_help(params: Path = typer.Option(None, "--params", "-p", help="Also validate this parameter file.")) -> None:
+    """List every parameter: key, type, default and meaning (the reference of params.yaml).
+
+    With --params, also validate that file and report the first problems by key.
+    """
+    from stages.config import Params, describe_params, load_params
+
+    for line in describe_params(Params):
+        typer.echo(line)
+    if params is not None:
+        try:
+            load_params(params)
+        except UserError as exc:
+            typer.secho(str(exc), fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+        typer.secho(f"{params}: valid", fg=typer.colors.GREEN)
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Scale groups: equal-count groups of objects by box area (paper IV-B)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def group_boundaries(areas: np.ndarray, k: int) -> np.ndarray:
+    """The k-1 inner area boundaries that split ``areas`` into k equal-count groups (quantiles)."""
+    if k < 1:
+        raise ValueError(f"the number of groups must be >= 1, got {k}")
+    if len(areas) == 0:
+        raise ValueError("cannot form scale groups from zero objects")
+    return np.quantile(np.asarray(areas, dtype=np.float64), np.arange(1, k) / k)
+
+
+def assign_groups(areas: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
+    """Group index 0..k-1 of each area: group g holds boundaries[g-1] <= area < boundaries[g]."""
+    return np.searchsorted(np.asarray(boundaries), np.asarray(areas, dtype=np.float64), side="right").astype(np.int64)

@@ -1,0 +1,7 @@
+"""Loss terms of STML and MS-UGCML, one per module, as pure functions of embeddings."""
+
+from stages.losses.relaxed_contrastive import relaxed_contrastive
+from stages.losses.self_distillation import self_distillation
+from stages.losses.teacher_weights import teacher_weights, view_positives
+
+__all__ = ["relaxed_contrastive", "self_distillation", "teacher_weights", "view_positives"]

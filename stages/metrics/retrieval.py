@@ -1,0 +1,151 @@
+"""Retrieval metrics on a boolean relevance matrix.
+
+Every function takes ``rel``: bool ``[Q, K]`` (``rel[q, r]`` = the item at 0-based rank ``r`` of
+query ``q``'s returned list is relevant; empty slots are False) and, where needed,
+``n_relevant_total``: int ``[Q]``, the number of relevant items in the whole gallery.  Both come
+from :func:`stages.metrics.relevance.relevance_matrix`.  Per-query results are float arrays
+``[Q]``; everything is vectorised over queries (cumulative sums, no Python loop over queries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "recall_at_k",
+    "ap_truncated",
+    "ap_standard",
+    "precision_at_k",
+    "mp_at_k",
+    "summarize",
+]
+
+
+def _as_rel(rel: np.ndarray) -> np.ndarray:
+    rel = np.asarray(rel, dtype=bool)
+    if rel.ndim != 2:
+        raise ValueError(f"rel must be a [Q, K] matrix, got shape {rel.shape}")
+    return rel
+
+
+def _as_total(n_relevant_total: np.ndarray, n_q: int) -> np.ndarray:
+    total = np.asarray(n_relevant_total, dtype=np.int64).reshape(-1)
+    if total.shape[0] != n_q:
+        raise ValueError(f"n_relevant_total has {total.shape[0]} entries for {n_q} queries")
+    return total
+
+
+def _check_k(k: int) -> int:
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return k
+
+
+def _precision_sum(rel: np.ndarray) -> np.ndarray:
+    """Per query, the sum over relevant ranks r of precision@(r+1) = (#relevant in 0..r) / (r+1)."""
+    hits = np.cumsum(rel, axis=1, dtype=np.float64)
+    ranks = np.arange(1, rel.shape[1] + 1, dtype=np.float64)
+    return np.where(rel, hits / ranks, 0.0).sum(axis=1)
+
+
+def recall_at_k(rel: np.ndarray, k: int) -> np.ndarray:
+    """1.0 where a relevant item is among the top ``k``, else 0.0."""
+    rel = _as_rel(rel)
+    # paper "Evaluation Metrics": Recall@k = fraction of queries with at least one relevant item in the top k
+    return rel[:, : _check_k(k)].any(axis=1).astype(np.float64)
+
+
+def ap_truncated(rel: np.ndarray) -> np.ndarray:
+    """Average precision over the returned list only (the paper's mAP); 0 where nothing relevant was returned."""
+    rel = _as_rel(rel)
+    n_hit = rel.sum(axis=1)
+    # paper "Evaluation Metrics": AP = (1/#relevant returned) * sum over relevant ranks r of precision@r, top-K list
+    return np.where(n_hit > 0, _precision_sum(rel) / np.maximum(n_hit, 1), 0.0)
+
+
+def ap_standard(rel: np.ndarray, n_relevant_total: np.ndarray) -> np.ndarray:
+    """Standard AP: missed relevant gallery items count as misses; NaN where the gallery has none."""
+    rel = _as_rel(rel)
+    total = _as_total(n_relevant_total, rel.shape[0])
+    if np.any(rel.sum(axis=1) > total):
+        raise ValueError("a query has more relevant items returned than n_relevant_total")
+    # standard (VOC/COCO retrieval) AP = sum over relevant ranks r of precision@r / #relevant in the whole gallery
+    return np.where(total > 0, _precision_sum(rel) / np.maximum(total, 1), np.nan)
+
+
+def precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:
+    """Fraction of the top ``k`` slots holding a relevant item (empty slots count as non-relevant)."""
+    rel = _as_rel(rel)
+    k = _check_k(k)
+    # Precision@k = #relevant in the top k / k (seed 003, "universal image embedding" evaluation)
+    return rel[:, :k].sum(axis=1) / float(k)
+
+
+def mp_at_k(rel: np.ndarray, n_relevant_total: np.ndarray, k: int) -> np.ndarray:
+    """Modified precision@k: hits in the top ``k`` over min(k, #relevant in gallery); NaN where that is 0."""
+    rel = _as_rel(rel)
+    total = _as_total(n_relevant_total, rel.shape[0])
+    k = _check_k(k)
+    denom = np.minimum(k, total)
+    # seed 003 (universal image embedding paper): mMP@k = mean_q #relevant in top k / min(k, #relevant of q)
+    return np.where(denom > 0, rel[:, :k].sum(axis=1) / np.maximum(denom, 1), np.nan)
+
+
+def _percent(values: np.ndarray) -> float | None:
+    """Mean of the finite values, in percent rounded to 4 decimals; None when there are none."""
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return None
+    return round(float(values.mean()) * 100.0, 4)
+
+
+def metric_keys(ks: Sequence[int] = (1, 5, 10), mp_k: int = 5) -> list[str]:
+    """The metric keys of one :func:`summarize` entry, in order (besides the counts)."""
+    return [f"R@{int(k)}" for k in ks] + ["mAP", "mAP_std", f"P@{mp_k}", f"mMP@{mp_k}"]
+
+
+def summarize(
+    rel: np.ndarray,
+    n_relevant_total: np.ndarray,
+    masks: Mapping[str, np.ndarray],
+    ks: Sequence[int] = (1, 5, 10),
+    mp_k: int = 5,
+) -> dict[str, dict[str, int | float | None]]:
+    """Metrics per query subset, JSON-serialisable.
+
+    For each ``name, mask`` in ``masks`` (bool ``[Q]``, e.g. ``all`` / ``known`` / ``unknown``)::
+
+        {"queries": int,              # queries in the mask
+         "no_relevant": int,          # of those, queries with no relevant item in the gallery
+         "R@1": .., "R@5": .., "R@10": ..,   # one per ks
+         "mAP": ..,                   # paper (truncated) AP, all queries of the mask
+         "mAP_std": ..,               # standard AP, queries without relevant items excluded
+         "P@5": .., "mMP@5": ..}      # mMP excludes queries without relevant items too
+
+    Values are percent, rounded to 4 decimals; a metric with no query to average is None.
+    """
+    rel = _as_rel(rel)
+    n_q = rel.shape[0]
+    total = _as_total(n_relevant_total, n_q)
+    per_query: dict[str, np.ndarray] = {f"R@{int(k)}": recall_at_k(rel, k) for k in ks}
+    per_query["mAP"] = ap_truncated(rel)
+    per_query["mAP_std"] = ap_standard(rel, total)
+    per_query[f"P@{mp_k}"] = precision_at_k(rel, mp_k)
+    per_query[f"mMP@{mp_k}"] = mp_at_k(rel, total, mp_k)
+
+    out: dict[str, dict[str, int | float | None]] = {}
+    for name, mask in masks.items():  # a handful of subsets, not queries
+        mask = np.asarray(mask, dtype=bool).reshape(-1)
+        if mask.shape[0] != n_q:
+            raise ValueError(f"mask {name!r} has {mask.shape[0]} entries for {n_q} queries")
+        entry: dict[str, int | float | None] = {
+            "queries": int(mask.sum()),
+            "no_relevant": int((total[mask] == 0).sum()),
+        }
+        for key, values in per_query.items():
+            entry[key] = _percent(values[mask])
+        out[str(name)] = entry
+    return out

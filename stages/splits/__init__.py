@@ -1,0 +1,54 @@
+"""The splits stage: Task1–Task4 known/unknown classes and the training objects of a task."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from stages import layout
+from stages.config import Params
+from stages.data.table import load_split
+from stages.metrics.relevance import relevant_classes
+from stages.shards import BOX_COLUMNS, read_objects
+from stages.splits.tasks import known_mask, task_of_categories
+
+log = logging.getLogger(__name__)
+
+
+def training_objects(objects: pd.DataFrame, gt: pd.DataFrame, known_ids: np.ndarray) -> np.ndarray:
+    """Mask of extracted objects that overlap (IoU > 0) a GT box of a known class."""
+    labels = relevant_classes(
+        objects["image_id"].to_numpy(np.int64),
+        objects[BOX_COLUMNS].to_numpy(np.float64),
+        gt["image_id"].to_numpy(np.int64),
+        gt[BOX_COLUMNS].to_numpy(np.float64),
+        gt["category_id"].to_numpy(np.int64),
+        iou_threshold=0.0,
+        n_classes=int(max(known_ids.max(initial=0), gt["category_id"].max() if len(gt) else 0)) + 1,
+    )
+    return np.asarray(labels[:, known_ids].sum(axis=1)).ravel() > 0
+
+
+def run(params: Params) -> None:
+    out = layout.SPLITS
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_split(layout.DATASET / "train.json")
+    cats = train.categories
+    task_index = task_of_categories(cats["name"].tolist())
+    known = known_mask(task_index, params.task)
+    known_ids = cats["category_id"].to_numpy(np.int64)[known]
+    tasks = {
+        "task": params.task,
+        "tasks": [cats["name"][task_index == t].tolist() for t in range(4)],
+        "known": known_ids.tolist(),
+        "unknown": cats["category_id"].to_numpy(np.int64)[~known].tolist(),
+    }
+    (out / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
+    objects = read_objects(layout.OBJECTS, "train", columns=["object_id", "image_id", *BOX_COLUMNS, "area"])
+    keep = training_objects(objects, train.boxes, known_ids)
+    chosen = objects.loc[keep, ["object_id", "image_id", "area"]].reset_index(drop=True)
+    chosen.to_parquet(out / "train_objects.parquet", index=False)
+    log.info("splits: task %d: %d known classes, %d/%d training objects", params.task, len(known_ids), len(chosen), len(objects))

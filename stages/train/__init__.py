@@ -1,0 +1,79 @@
+"""The train stage: unsupervised teacher–student metric learning on the training crops."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from stages import layout
+from stages.config import Params, dump_params
+from stages.index.embed import decode_to_tensor
+from stages.shards import read_objects
+from stages.train.model import build_student, save_model
+
+log = logging.getLogger(__name__)
+
+
+def load_training_crops(input_size: int) -> tuple[pd.DataFrame, "torch.Tensor"]:
+    """Training objects (splits stage) joined with their scale group and decoded crops."""
+    chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id"])
+    groups = pd.read_parquet(layout.GROUPS / "assignment.parquet")
+    shards = read_objects(layout.OBJECTS, "train", columns=["object_id", "crop"])
+    table = chosen.merge(groups, on="object_id", how="left", validate="one_to_one")
+    table = table.merge(shards, on="object_id", how="inner", validate="one_to_one")
+    if table["group"].isna().any():
+        raise ValueError("some training objects have no scale group; rerun the groups stage")
+    crops = decode_to_tensor(table["crop"].tolist(), input_size)
+    return table.drop(columns="crop"), crops
+
+
+def fingerprint(params: Params, object_ids: np.ndarray, crops) -> str:
+    """Identity of a training run: its parameters and its exact input crops."""
+    h = hashlib.sha256(json.dumps(params.train.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(str((params.seed, params.groups)).encode())
+    h.update(np.ascontiguousarray(object_ids).tobytes())
+    h.update(crops.numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(params: Params, stop_after: int | None = None) -> None:
+    from stages.train.loop import train_stml
+
+    cfg = params.train
+    out = layout.MODELS
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "n_heads": 0 if cfg.method == "none" else 1,
+        "teacher_dim": cfg.teacher_dim,
+        "embed_dim": cfg.embed_dim,
+        "input_size": cfg.input_size,
+    }
+    if cfg.method == "none":
+        model = build_student(cfg.backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size)
+        (out / "train_log.tsv").write_text("step\tlr\tloss\trc_h\trc_l\tself_distill\n")
+    else:
+        table, crops = load_training_crops(cfg.input_size)
+        if len(table) == 0:
+            raise ValueError("no training objects: check the extract and splits stages")
+        log.info("train: %s on %d training crops, %d steps", cfg.method, len(table), cfg.steps)
+        result = train_stml(
+            cfg,
+            crops,
+            table["group"].to_numpy(np.int64),
+            params.seed,
+            out / "checkpoint.pt",
+            out / "train_log.tsv",
+            fingerprint(params, table["object_id"].to_numpy(), crops),
+            stop_after=stop_after,
+        )
+        model = result.student
+        if stop_after is not None and stop_after < cfg.steps:
+            return
+    save_model(out / "model.pt", model, meta)
+    dump_params(params, out / "params.json")

@@ -1,0 +1,51 @@
+"""Batched, vectorised augmentations on crop tensors (one affine warp for the whole batch)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_resized_views(
+    x: torch.Tensor, n_views: int, scale: tuple[float, float], generator: torch.Generator, out_size: int
+) -> torch.Tensor:
+    """Views stacked as [n_views*B, 3, out, out]: random resized crop, flip, brightness/contrast.
+
+    ``x`` is float [B, 3, H, W] in [0, 1].  Crop area fraction ~ U(scale), aspect ~ logU(3/4, 4/3),
+    a random position inside the crop, horizontal flip with p = 0.5.
+    """
+    b = len(x)
+    n = n_views * b
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=generator)
+
+    area = uniform(*scale)
+    ratio = uniform(math.log(3 / 4), math.log(4 / 3)).exp()
+    sx = (area * ratio).sqrt().clamp(max=1.0)
+    sy = (area / ratio).sqrt().clamp(max=1.0)
+    tx = uniform(-1, 1) * (1 - sx)
+    ty = uniform(-1, 1) * (1 - sy)
+    flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = sx * flip
+    theta[:, 0, 2] = tx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = ty
+    theta = theta.to(x.device, x.dtype)
+    src = x.repeat(n_views, 1, 1, 1)
+    grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
+    views = F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    bright = uniform(-0.1, 0.1, 1, 1, 1).to(x.device, x.dtype)
+    contrast = uniform(0.8, 1.2, 1, 1, 1).to(x.device, x.dtype)
+    mean = views.mean(dim=(1, 2, 3), keepdim=True)
+    return ((views - mean) * contrast + mean + bright).clamp(0, 1)
+
+
+def resize_batch(x: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Plain resize of a float batch to out_size² (evaluation path)."""
+    if x.shape[-1] == out_size and x.shape[-2] == out_size:
+        return x
+    return F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)

@@ -1,0 +1,96 @@
+"""Student (backbone + one head per scale group) and EMA teacher, and their files."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.backbones import build_backbone
+
+
+class EmbeddingHead(nn.Module):
+    """The two embedding layers of one student head: h (teaches, feeds the EMA) and l (retrieval)."""
+
+    def __init__(self, in_dim: int, teacher_dim: int, embed_dim: int):
+        super().__init__()
+        self.h = nn.Linear(in_dim, teacher_dim)
+        self.l = nn.Linear(in_dim, embed_dim)
+
+    def forward(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.h(feat), self.l(feat)
+
+
+class StudentModel(nn.Module):
+    """Backbone with ``n_heads`` embedding heads; ``n_heads = 0`` embeds with the pooled feature."""
+
+    def __init__(self, backbone: nn.Module, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int):
+        super().__init__()
+        self.backbone = backbone
+        dim = backbone.spec.feature_dim
+        self.heads = nn.ModuleList(EmbeddingHead(dim, teacher_dim, embed_dim) for _ in range(n_heads))
+        self.input_size = input_size
+
+    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        feat = self.backbone(x)
+        return [head(feat) for head in self.heads]
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Retrieval embedding: L2-normalised l of the first head (pooled feature with no head)."""
+        feat = self.backbone(x)
+        out = self.heads[0].l(feat) if len(self.heads) else feat
+        return F.normalize(out, dim=1)
+
+
+class TeacherModel(nn.Module):
+    """EMA copy of the student's backbone and first h layer (head h^t)."""
+
+    def __init__(self, student: StudentModel):
+        super().__init__()
+        self.backbone = copy.deepcopy(student.backbone)
+        self.head = copy.deepcopy(student.heads[0].h)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self(x), dim=1)
+
+    @torch.no_grad()
+    def ema_update(self, student: StudentModel, momentum: float) -> None:
+        """theta_t <- m theta_t + (1 - m) theta_s, over parameters and float buffers (BN stats)."""
+        pairs = [(self.backbone, student.backbone), (self.head, student.heads[0].h)]
+        for mine, theirs in pairs:
+            t_state = list(mine.parameters()) + [b for b in mine.buffers() if b.is_floating_point()]
+            s_state = list(theirs.parameters()) + [b for b in theirs.buffers() if b.is_floating_point()]
+            torch._foreach_lerp_(t_state, s_state, 1.0 - momentum)
+
+
+def build_student(backbone: str, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, pretrained: bool = True) -> StudentModel:
+    return StudentModel(build_backbone(backbone, pretrained=pretrained), n_heads, teacher_dim, embed_dim, input_size)
+
+
+def save_model(path: Path, model: StudentModel, meta: dict) -> None:
+    """Write the model with what is needed to rebuild it (``meta``: backbone, n_heads, dims, input_size)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"meta": meta, "state_dict": model.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def load_model(path: Path) -> tuple[StudentModel, dict]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}; run the train stage first")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    model = build_student(meta["backbone"], meta["n_heads"], meta["teacher_dim"], meta["embed_dim"], meta["input_size"], pretrained=False)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), meta

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+
+from stages.config import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_repository_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.groups == 4 and params.task == 4
+    assert params.train.method == "stml"
+
+
+def test_dvc_style_float_stays_float(tmp_path):
+    # `dvc exp run -S train.lr=1e-5` writes 1e-05, which PyYAML's safe_load reads as a string
+    params = load_params(write(tmp_path, "train:\n  lr: 1e-05\n"))
+    assert params.train.lr == pytest.approx(1e-5)
+    assert isinstance(params.train.lr, float)
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ParamsError, match=r"train\.lrr: unknown key"):
+        load_params(write(tmp_path, "train:\n  lrr: 0.1\n"))
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ParamsError, match=r"groups: .*got 'four'"):
+        load_params(write(tmp_path, "groups: four\n"))
+
+
+def test_out_of_range_is_named(tmp_path):
+    with pytest.raises(ParamsError, match=r"groups"):
+        load_params(write(tmp_path, "groups: 9\n"))
+    with pytest.raises(ParamsError, match=r"objects_per_image"):
+        load_params(write(tmp_path, "data:\n  synthetic:\n    objects_per_image: [5, 2]\n"))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(ParamsError, match="cannot parse"):
+        load_params(write(tmp_path, "groups: [1,\n"))
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(write(tmp_path, "- 1\n- 2\n"))

@@ -1,0 +1,68 @@
+"""The real dvc CLI on the real DAG, in a temporary git repository, on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def sh(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    return res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    shutil.copy(Path(__file__).with_name("tiny_params.yaml"), repo / "params.yaml")
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "ci@example.invalid")
+    sh(repo, "git", "config", "user.name", "CI")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "tiny pipeline")
+    return repo
+
+
+def test_repro_runs_the_dag_then_is_a_no_op(repo):
+    sh(repo, "dvc", "repro")
+    metrics = json.loads((repo / "metrics/retrieval.json").read_text())
+    assert metrics["groups"] == 4 and metrics["task"] == 2
+    for name in ("model", "pretrained"):
+        for subset in ("all", "known", "unknown"):
+            assert set(metrics[name][subset]) >= {"queries", "O-R@1", "O-mAP", "I-R@1", "I-mAP"}
+        assert metrics[name]["all"]["queries"] == metrics[name]["known"]["queries"] + metrics[name]["unknown"]["queries"]
+        assert 0 <= metrics[name]["all"]["O-R@1"] <= 100
+    assert (repo / "data/groups/area_hist.png").stat().st_size > 1000
+    again = sh(repo, "dvc", "repro")
+    assert "didn't change" in again or "up to date" in again
+    for stage in ("data", "extract", "train", "evaluate"):
+        assert f"Running stage '{stage}'" not in again
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "baseline run")
+
+
+def test_exp_run_groups_reruns_from_groups_only(repo):
+    out = sh(repo, "dvc", "exp", "run", "-S", "groups=5")
+    assert "Running stage 'groups'" in out and "Running stage 'evaluate'" in out
+    for stage in ("data", "extract", "splits"):
+        assert f"Running stage '{stage}'" not in out
+    assert json.loads((repo / "metrics/retrieval.json").read_text())["groups"] == 5
+    assert json.loads((repo / "data/groups/boundaries.json").read_text())["groups"] == 5
+    diff = sh(repo, "dvc", "metrics", "diff", "--md")
+    assert "groups" in diff and "retrieval.json" in diff
+    sh(repo, "git", "checkout", "--", "params.yaml")

@@ -1,0 +1,94 @@
+"""Loss terms against small examples computed by hand (numbers in the comments)."""
+
+import math
+
+import pytest
+import torch
+
+from stages.losses import relaxed_contrastive, self_distillation, teacher_weights, view_positives
+from stages.losses.distances import pairwise_distance, relative_distance
+from stages.losses.teacher_weights import contextual_weights, pairwise_weights
+
+# Three unit vectors: d12 = sqrt2, d13 = 2, d23 = sqrt2.
+H = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+# Another three: d12 = sqrt2, d13 = sqrt2, d23 = 2.
+L = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+
+
+def test_relative_distance_by_hand():
+    # row means (self included): (sqrt2 + 2)/3 = 1.138071, (2 sqrt2)/3 = 0.942809
+    d = relative_distance(H)
+    expected = torch.tensor(
+        [[0.0, 1.242641, 1.757359], [1.5, 0.0, 1.5], [1.757359, 1.242641, 0.0]]
+    )
+    assert torch.allclose(d, expected, atol=1e-5)
+
+
+def test_pairwise_distance_has_finite_gradient_on_diagonal():
+    x = torch.randn(5, 3, requires_grad=True)
+    pairwise_distance(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_relaxed_contrastive_pull_by_hand():
+    # w = 0.5 off-diagonal, delta = 1: every d > 1, so only 0.5 d^2 remains;
+    # sum d^2 = 2 (1.544156 + 3.088314 + 2.25) = 13.76494, x0.5 / (3*2) = 1.147078
+    w = torch.full((3, 3), 0.5)
+    assert relaxed_contrastive(H, w, delta=1.0).item() == pytest.approx(1.147078, abs=1e-5)
+
+
+def test_relaxed_contrastive_push_by_hand():
+    # w = 0, delta = 2: sum (2 - d)^2 = 2 (0.573594 + 0.058874 + 0.25) = 1.764936, / 6 = 0.294156
+    w = torch.zeros(3, 3)
+    assert relaxed_contrastive(H, w, delta=2.0).item() == pytest.approx(0.294156, abs=1e-5)
+
+
+def test_relaxed_contrastive_is_scale_invariant():
+    w = torch.rand(4, 4)
+    x = torch.randn(4, 8)
+    assert relaxed_contrastive(x, w).item() == pytest.approx(relaxed_contrastive(7 * x, w).item(), rel=1e-5)
+
+
+def test_self_distillation_by_hand():
+    # P rows (softmax of -d_h over j != i): [.62591 .37409], [.5 .5], [.37409 .62591]
+    # Q rows (from L):                      [.5 .5], [.62591 .37409], [.62591 .37409]
+    # KL rows: 0.032054, 0.032752, 0.129617 -> sum 0.194423 / 3 = 0.064808
+    assert self_distillation(H, L).item() == pytest.approx(0.064808, abs=1e-5)
+
+
+def test_self_distillation_zero_when_equal_and_h_detached():
+    h = torch.randn(6, 4, requires_grad=True)
+    l = h.detach().clone().requires_grad_(True)
+    loss = self_distillation(h, l)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    self_distillation(h, torch.randn(6, 4, requires_grad=True)).backward()
+    assert h.grad is None  # h teaches: no gradient flows into it
+
+
+def test_pairwise_weights_by_hand():
+    # ||t1 - t2||^2 = 2 -> exp(-2/3) = 0.513417; ||t1 - t3||^2 = 4 -> exp(-4/3) = 0.263597
+    w = pairwise_weights(H, sigma=3.0)
+    assert w[0, 1].item() == pytest.approx(math.exp(-2 / 3), abs=1e-6)
+    assert w[0, 2].item() == pytest.approx(0.263597, abs=1e-6)
+    assert torch.allclose(torch.diag(w), torch.ones(3))
+
+
+def test_contextual_weights_two_clusters():
+    # Two tight clusters of 3: k = 3 neighbourhoods are the clusters themselves, so every
+    # mutual-neighbour overlap inside a cluster is 3/3 = 1 and across clusters 0.
+    t = torch.tensor([[1, 0], [0.99, 0.01], [0.98, 0.02], [0, 1], [0.01, 0.99], [0.02, 0.98]])
+    w_c = contextual_weights(pairwise_weights(t, 3.0), k=3)
+    block = torch.zeros(6, 6)
+    block[:3, :3] = 1
+    block[3:, 3:] = 1
+    assert torch.allclose(w_c, block)
+
+
+def test_teacher_weights_views_are_positives_and_symmetric():
+    t = torch.randn(8, 5)
+    pos = view_positives(4, 2)
+    w = teacher_weights(t, 3.0, 3, pos)
+    assert torch.allclose(w, w.T, atol=1e-6)
+    assert (w[pos] == 1).all()
+    assert ((w >= 0) & (w <= 1)).all()
+    assert pos[0, 4] and pos[4, 0] and not pos[0, 1]

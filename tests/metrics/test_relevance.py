@@ -1,0 +1,147 @@
+"""Relevance labels and relevance matrices, against brute force and hand-made cases."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from pycocotools import mask as mask_utils
+
+from stages.metrics.relevance import relevance_matrix, relevant_classes
+
+
+def _random_boxes(rng, n, size=100.0):
+    xy = rng.uniform(0, size * 0.8, size=(n, 2))
+    wh = rng.uniform(2, size * 0.5, size=(n, 2))
+    return np.concatenate([xy, xy + wh], axis=1)
+
+
+def _brute_force(g_img, g_box, t_img, t_box, t_cls, thr, n_classes):
+    out = np.zeros((len(g_img), n_classes), dtype=bool)
+    to_xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+    for g in range(len(g_img)):
+        for t in range(len(t_img)):
+            if g_img[g] != t_img[t]:
+                continue
+            iou = mask_utils.iou([to_xywh(g_box[g])], [to_xywh(t_box[t])], [0])[0, 0]
+            if (iou > 1e-10) if thr <= 1e-10 else (iou >= thr):
+                out[g, t_cls[t]] = True
+    return out
+
+
+@pytest.mark.parametrize("thr", [0.3, 1e-10, 0.0])
+def test_relevant_classes_matches_brute_force(thr):
+    rng = np.random.default_rng(7)
+    n_g, n_t, n_cls = 100, 40, 6
+    # image ids not contiguous, not sorted; image 99 has gallery boxes but no GT, 55 GT but no gallery
+    g_img = rng.choice([3, 10, 42, 99, 7], size=n_g)
+    t_img = rng.choice([3, 10, 42, 7, 55], size=n_t)
+    g_box = _random_boxes(rng, n_g)
+    t_box = _random_boxes(rng, n_t)
+    # a few gallery boxes copy a GT box exactly (IoU 1) and one only touches a GT box (IoU 0)
+    g_img[:5], g_box[:5] = t_img[:5], t_box[:5]
+    g_img[5] = t_img[0]
+    g_box[5] = [t_box[0, 2], t_box[0, 1], t_box[0, 2] + 5, t_box[0, 3]]
+    t_cls = rng.integers(0, n_cls, size=n_t)
+
+    got = relevant_classes(g_img, g_box, t_img, t_box, t_cls, thr, n_classes=n_cls)
+    assert sp.issparse(got) and got.format == "csr" and got.dtype == bool
+    assert got.shape == (n_g, n_cls)
+    expected = _brute_force(g_img, g_box, t_img, t_box, t_cls, thr, n_cls)
+    np.testing.assert_array_equal(got.toarray(), expected)
+    assert expected.any() and not expected.all()
+    assert not expected[g_img == 99].any()
+
+
+def test_relevant_classes_threshold_boundary_and_default_classes():
+    # gallery box [0,0,10,10] vs GT [5,0,15,10]: IoU = 50 / 150 = 1/3
+    g_img, g_box = np.array([1, 1]), np.array([[0, 0, 10, 10], [10, 0, 20, 10]], float)
+    t_img, t_box, t_cls = np.array([1]), np.array([[5, 0, 15, 10]], float), np.array([2])
+    assert relevant_classes(g_img, g_box, t_img, t_box, t_cls, 1 / 3).toarray().tolist() == [
+        [False, False, True],
+        [False, False, True],
+    ]
+    assert not relevant_classes(g_img, g_box, t_img, t_box, t_cls, 0.34).toarray().any()
+    # any overlap: both overlap by half a box
+    assert relevant_classes(g_img, g_box, t_img, t_box, t_cls, 1e-10)[:, 2].toarray().all()
+
+
+def test_relevant_classes_empty():
+    got = relevant_classes(np.array([1, 2]), np.zeros((2, 4)), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0, int), 0.3, n_classes=4)
+    assert got.shape == (2, 4) and got.nnz == 0
+    got = relevant_classes(np.zeros(0, int), np.zeros((0, 4)), np.array([1]), np.array([[0, 0, 1, 1.0]]), np.array([1]), 0.3)
+    assert got.shape == (0, 2)
+
+
+# gallery: 6 objects in 3 images; labels (classes 0..2)
+#   g0 img 10 {0}   g1 img 10 {1}   g2 img 20 {0, 1}   g3 img 20 {}   g4 img 30 {0}   g5 img 30 {0}
+GALLERY_IMAGE = np.array([10, 10, 20, 20, 30, 30])
+LABELS = sp.csr_matrix(
+    np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]], dtype=bool)
+)
+
+
+def test_relevance_matrix_basic():
+    ranked = np.array(
+        [
+            [0, 3, 4, -1],  # class 0
+            [2, 1, 0, 5],  # class 1
+            [0, 1, 2, 3],  # class 2: nothing relevant anywhere
+            [-1, -1, -1, -1],  # class 0, empty result
+        ]
+    )
+    rel, total = relevance_matrix(ranked, np.array([0, 1, 2, 0]), LABELS)
+    assert rel.dtype == bool and rel.shape == (4, 4)
+    assert rel.tolist() == [
+        [True, False, True, False],
+        [True, True, False, False],
+        [False, False, False, False],
+        [False, False, False, False],
+    ]
+    assert total.dtype == np.int64 and total.tolist() == [4, 2, 0, 4]
+
+
+def test_relevance_matrix_exclude_same_image():
+    ranked = np.array(
+        [
+            [0, 4, 2, 5],  # query in image 10, class 0: g0 dropped -> [4, 2, 5, _]
+            [4, 5, 0, -1],  # query in image 30, class 0: g4, g5 dropped -> [0, _, _, _]
+            [3, 2, 1, 0],  # query in image 99 (not in gallery), class 1: nothing dropped
+            [2, 0, 3, 1],  # query in image 20, class 1: g2, g3 dropped -> [0, 1, _, _]
+        ]
+    )
+    q_cls = np.array([0, 0, 1, 1])
+    q_img = np.array([10, 30, 99, 20])
+    rel, total = relevance_matrix(ranked, q_cls, LABELS, q_img, GALLERY_IMAGE, exclude_same_image=True)
+    assert rel.tolist() == [
+        [True, True, True, False],
+        [True, False, False, False],
+        [False, True, True, False],
+        [False, True, False, False],
+    ]
+    # class 0 has 4 relevant (g0, g2, g4, g5); image 10 holds 1 of them, image 30 holds 2
+    assert total.tolist() == [3, 2, 2, 1]
+
+    rel_keep, total_keep = relevance_matrix(ranked, q_cls, LABELS, q_img, GALLERY_IMAGE)
+    assert rel_keep.tolist()[1] == [True, True, True, False]
+    assert total_keep.tolist() == [4, 4, 2, 2]
+
+
+def test_relevance_matrix_exclude_needs_images():
+    with pytest.raises(ValueError):
+        relevance_matrix(np.zeros((1, 2), int), np.array([0]), LABELS, exclude_same_image=True)
+
+
+def test_relevance_matrix_out_of_range_class_and_index():
+    rel, total = relevance_matrix(np.array([[0, 1]]), np.array([7]), LABELS)
+    assert not rel.any() and total.tolist() == [0]
+    with pytest.raises(ValueError):
+        relevance_matrix(np.array([[6]]), np.array([0]), LABELS)
+
+
+def test_end_to_end_with_metrics():
+    from stages.metrics.retrieval import ap_standard, ap_truncated
+
+    ranked = np.array([[0, 4, 2, 5]])
+    rel, total = relevance_matrix(ranked, np.array([0]), LABELS, np.array([10]), GALLERY_IMAGE, True)
+    # after exclusion: [g4, g2, g5] all relevant, 3 relevant in the gallery outside image 10
+    assert ap_truncated(rel)[0] == pytest.approx(1.0)
+    assert ap_standard(rel, total)[0] == pytest.approx(1.0)
