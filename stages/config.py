@@ -64,7 +64,7 @@ class GraphExtractorParams(_Strict):
     nms_iou: float = Field(0.8, gt=0, le=1, description="boxes overlapping more than this are merged")
     min_box: int = Field(4, ge=1, description="drop boxes with a side shorter than this (pixels)")
     max_area_frac: float = Field(0.9, gt=0, le=1, description="drop boxes covering more of the image")
-    max_objects: int = Field(200, ge=1, description="keep at most this many proposals per image")
+    max_objects: int = Field(80, ge=1, description="keep at most this many proposals per image")
 
 
 class ExtractParams(_Strict):
@@ -80,10 +80,10 @@ class TrainParams(_Strict):
     backbone: str = Field("efficientnet_lite0", description="backbone name in the registry")
     input_size: int = Field(64, ge=16, description="square input side of the network")
     steps: int = Field(150, ge=0, description="optimisation steps")
-    queries: int = Field(12, ge=1, description="queries per batch (each brings its neighbours)")
+    queries: int = Field(8, ge=1, description="queries per batch (each brings its neighbours)")
     neighbours: int = Field(5, ge=1, description="k of the k-NN batch sampler, query included")
     knn_refresh: int = Field(50, ge=1, description="rebuild the neighbour graph every N steps")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate (cosine decay)")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate (cosine decay; paper: 1e-4 GoogLeNet, 3e-5 ViT)")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamP weight decay")
     ema: float = Field(0.999, ge=0, lt=1, description="teacher EMA momentum")
@@ -92,8 +92,9 @@ class TrainParams(_Strict):
     context_k: int = Field(5, ge=1, description="k of STML's contextual similarity")
     embed_dim: int = Field(512, ge=8, description="dimension of the retrieval embedding l")
     teacher_dim: int = Field(1024, ge=8, description="dimension of h and of the teacher head")
+    freeze_bn: bool = Field(True, description="keep backbone BatchNorm statistics fixed (k-NN batches are not i.i.d.)")
     aug_scale: tuple[float, float] = Field((0.5, 1.0), description="random-resized-crop area range")
-    batch_embed: int = Field(256, ge=1, description="batch size when embedding all crops")
+    batch_embed: int = Field(128, ge=1, description="batch size when embedding all crops")
     checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
 
     @model_validator(mode="after")
@@ -112,7 +113,7 @@ class IndexParams(_Strict):
 class EvaluateParams(_Strict):
     object_iou: float = Field(0.3, gt=0, le=1, description="object-level relevance IoU threshold")
     topk: int = Field(100, ge=1, description="length of the returned list per query")
-    exclude_same_image: bool = Field(False, description="drop gallery objects of the query's own image")
+    exclude_same_image: bool = Field(True, description="drop gallery objects of the query's own image (paper: false)")
 
 
 class Params(_Strict):

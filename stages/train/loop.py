@@ -90,7 +90,7 @@ def train_stml(
     start = _resume(checkpoint, fingerprint, student, teacher, opt, sched, sampler, gen)
     if start == 0:
         log_path.write_text("\t".join(LOG_COLUMNS) + "\n")
-    student.train()
+    student.train_mode(cfg.freeze_bn)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", unit="step")
     for step in bar:
         if step % cfg.knn_refresh == 0 or sampler.neighbours is None:

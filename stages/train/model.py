@@ -38,6 +38,15 @@ class StudentModel(nn.Module):
         feat = self.backbone(x)
         return [head(feat) for head in self.heads]
 
+    def train_mode(self, freeze_bn: bool) -> "StudentModel":
+        """Training mode; with ``freeze_bn`` BatchNorm layers keep their running statistics."""
+        self.train()
+        if freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Retrieval embedding: L2-normalised l of the first head (pooled feature with no head)."""

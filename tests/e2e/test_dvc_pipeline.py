@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -22,13 +23,29 @@ def sh(cwd: Path, *args: str) -> str:
     return res.stdout + res.stderr
 
 
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def write_tiny_params(path: Path) -> None:
+    """The repository's params.yaml with the tiny overrides (DVC needs every declared section)."""
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    params = merge(yaml.load(ROOT / "params.yaml"), yaml.load(Path(__file__).with_name("tiny_params.yaml")))
+    with open(path, "w") as f:
+        yaml.dump(params, f)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("pipeline")
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
-    shutil.copy(Path(__file__).with_name("tiny_params.yaml"), repo / "params.yaml")
+    write_tiny_params(repo / "params.yaml")
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "config", "user.email", "ci@example.invalid")
     sh(repo, "git", "config", "user.name", "CI")
