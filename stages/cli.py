@@ -134,6 +134,42 @@ def evaluate(params: Path = ParamsOption) -> None:
     _run_stage("evaluate", params, run)
 
 
+@app.command("search")
+def search_cmd(
+    image: Path = typer.Argument(..., help="Image file to take the query from."),
+    box: tuple[float, float, float, float] = typer.Option(
+        (-1.0, -1.0, -1.0, -1.0), "--box", "-b", help="Query box x1 y1 x2 y2 in pixels (default: the whole image, e.g. a crop file)."
+    ),
+    k: int = typer.Option(5, "--k", "-k", min=1, help="Number of objects to return."),
+    embedding: str = typer.Option("model", "--embedding", "-e", help="'model' (trained) or 'pretrained' (untrained backbone)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write a PNG sheet: the query, then each hit's image with its box."),
+    params: Path = ParamsOption,
+) -> None:
+    """Find the objects of the gallery index most similar to a query box (or crop file).
+
+    Needs a built index (`dvc repro`). Prints rank, object id, image, box and distance.
+    Example: python -m stages search photo.jpg --box 10 20 120 200 -k 5 -o hits.png
+    """
+    from stages.index.search import draw_hits, query_crop, search
+
+    if embedding not in ("model", "pretrained"):
+        typer.secho("error: --embedding must be 'model' or 'pretrained'", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    query_box = None if box == (-1.0, -1.0, -1.0, -1.0) else box
+
+    def _search(p) -> None:
+        hits = search(image, query_box, k, p.extract.crop_size, embedding)
+        typer.echo(f"{'rank':>4}  {'object':>8}  {'image':>6}  {'box (x1 y1 x2 y2)':28s} {'distance':>8}  path")
+        for h in hits:
+            b = " ".join(f"{v:6.1f}" for v in h.box)
+            typer.echo(f"{h.rank:4d}  {h.object_id:8d}  {h.image_id:6d}  {b:28s} {h.distance:8.4f}  {h.image_path}")
+        if out is not None:
+            draw_hits(query_crop(image, query_box, 128), hits, out)
+            typer.echo(f"wrote {out}")
+
+    _run_stage("search", params, _search)
+
+
 @app.command("params")
 def params_help(params: Path = typer.Option(None, "--params", "-p", help="Also validate this parameter file.")) -> None:
     """List every parameter: key, type, default and meaning (the reference of params.yaml).

@@ -76,7 +76,9 @@ class ExtractParams(_Strict):
 
 
 class TrainParams(_Strict):
-    method: Literal["stml", "none"] = Field("stml", description="training method")
+    method: Literal["ms_ugcml", "stml", "ntxent", "none"] = Field(
+        "stml", description="ms_ugcml (paper), stml (single head), ntxent (two-view contrastive), none (pretrained)"
+    )
     backbone: str = Field("efficientnet_lite0", description="backbone name in the registry")
     input_size: int = Field(64, ge=16, description="square input side of the network")
     steps: int = Field(150, ge=0, description="optimisation steps")
@@ -90,6 +92,11 @@ class TrainParams(_Strict):
     sigma: float = Field(3.0, gt=0, description="sigma of w_ij = exp(-|t_i-t_j|^2/sigma) (eq. 4)")
     delta: float = Field(1.0, gt=0, description="margin delta of the relaxed contrastive loss (eq. 4)")
     context_k: int = Field(5, ge=1, description="k of STML's contextual similarity")
+    clusters: int = Field(100, ge=2, description="k-means centroids of collaborative distillation (eq. 1-2)")
+    ckd_tau: float = Field(0.1, gt=0, description="temperature of the centroid similarity softmax (CKD)")
+    mix_share: float = Field(0.1, ge=0, le=1, description="share of each smaller group's crops mixed into a group's set")
+    ntxent_tau: float = Field(0.1, gt=0, description="temperature of the NT-Xent baseline")
+    embed_head: Literal["first", "mean"] = Field("first", description="retrieval embedding: l of the first head or mean of the l heads")
     embed_dim: int = Field(512, ge=8, description="dimension of the retrieval embedding l")
     teacher_dim: int = Field(1024, ge=8, description="dimension of h and of the teacher head")
     freeze_bn: bool = Field(True, description="keep backbone BatchNorm statistics fixed (k-NN batches are not i.i.d.)")

@@ -41,7 +41,7 @@ def fingerprint(params: Params, object_ids: np.ndarray, crops) -> str:
 
 
 def run(params: Params, stop_after: int | None = None) -> None:
-    from stages.train.loop import train_stml
+    from stages.train.loop import LOG_COLUMNS, train_model
 
     cfg = params.train
     out = layout.MODELS
@@ -49,23 +49,25 @@ def run(params: Params, stop_after: int | None = None) -> None:
     meta = {
         "method": cfg.method,
         "backbone": cfg.backbone,
-        "n_heads": 0 if cfg.method == "none" else 1,
+        "n_heads": {"none": 0, "ms_ugcml": params.groups}.get(cfg.method, 1),
+        "embed_head": cfg.embed_head,
         "teacher_dim": cfg.teacher_dim,
         "embed_dim": cfg.embed_dim,
         "input_size": cfg.input_size,
     }
     if cfg.method == "none":
         model = build_student(cfg.backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size)
-        (out / "train_log.tsv").write_text("step\tlr\tloss\trc_h\trc_l\tself_distill\n")
+        (out / "train_log.tsv").write_text("\t".join(LOG_COLUMNS) + "\n")
     else:
         table, crops = load_training_crops(cfg.input_size)
         if len(table) == 0:
             raise ValueError("no training objects: check the extract and splits stages")
         log.info("train: %s on %d training crops, %d steps", cfg.method, len(table), cfg.steps)
-        result = train_stml(
+        result = train_model(
             cfg,
             crops,
             table["group"].to_numpy(np.int64),
+            params.groups,
             params.seed,
             out / "checkpoint.pt",
             out / "train_log.tsv",

@@ -27,12 +27,20 @@ class EmbeddingHead(nn.Module):
 class StudentModel(nn.Module):
     """Backbone with ``n_heads`` embedding heads; ``n_heads = 0`` embeds with the pooled feature."""
 
-    def __init__(self, backbone: nn.Module, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int):
+    def __init__(
+        self, backbone: nn.Module, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, embed_head: str = "first"
+    ):
         super().__init__()
+        if embed_head not in ("first", "mean"):
+            raise ValueError(f"embed_head must be 'first' or 'mean', got {embed_head!r}")
         self.backbone = backbone
         dim = backbone.spec.feature_dim
-        self.heads = nn.ModuleList(EmbeddingHead(dim, teacher_dim, embed_dim) for _ in range(n_heads))
+        # Every group head starts from the same initialisation: the heads agree at step 0 (CKD = 0)
+        # and diverge only through what their own scale group teaches them.
+        first = EmbeddingHead(dim, teacher_dim, embed_dim)
+        self.heads = nn.ModuleList(copy.deepcopy(first) for _ in range(n_heads))
         self.input_size = input_size
+        self.embed_head = embed_head
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         feat = self.backbone(x)
@@ -49,14 +57,27 @@ class StudentModel(nn.Module):
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Retrieval embedding: L2-normalised l of the first head (pooled feature with no head)."""
+        """Retrieval embedding: L2-normalised l of the first head, or the mean of the normalised
+        l of all heads (``embed_head``); the pooled backbone feature when there is no head."""
         feat = self.backbone(x)
-        out = self.heads[0].l(feat) if len(self.heads) else feat
-        return F.normalize(out, dim=1)
+        if not len(self.heads):
+            return F.normalize(feat, dim=1)
+        if self.embed_head == "first":
+            return F.normalize(self.heads[0].l(feat), dim=1)
+        return F.normalize(torch.stack([F.normalize(h.l(feat), dim=1) for h in self.heads]).mean(0), dim=1)
+
+    @torch.no_grad()
+    def embed_by_group(self, x: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, l) of each crop from the head of its own scale group, one backbone pass."""
+        feat = self.backbone(x)
+        outs = [head(feat) for head in self.heads]
+        h = torch.stack([o[0] for o in outs])[group, torch.arange(len(x))]
+        l = torch.stack([o[1] for o in outs])[group, torch.arange(len(x))]
+        return h, l
 
 
 class TeacherModel(nn.Module):
-    """EMA copy of the student's backbone and first h layer (head h^t)."""
+    """EMA of the student: its backbone, and head h^t following the mean of the h layers."""
 
     def __init__(self, student: StudentModel):
         super().__init__()
@@ -74,16 +95,23 @@ class TeacherModel(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, student: StudentModel, momentum: float) -> None:
-        """theta_t <- m theta_t + (1 - m) theta_s, over parameters and float buffers (BN stats)."""
-        pairs = [(self.backbone, student.backbone), (self.head, student.heads[0].h)]
-        for mine, theirs in pairs:
-            t_state = list(mine.parameters()) + [b for b in mine.buffers() if b.is_floating_point()]
-            s_state = list(theirs.parameters()) + [b for b in theirs.buffers() if b.is_floating_point()]
-            torch._foreach_lerp_(t_state, s_state, 1.0 - momentum)
+        """theta_t <- m theta_t + (1 - m) theta_s, over parameters and float buffers (BN stats);
+        the head's theta_s is the mean of the student heads' h layers (h_1 alone for one head)."""
+        t_state = list(self.backbone.parameters()) + [b for b in self.backbone.buffers() if b.is_floating_point()]
+        s_state = list(student.backbone.parameters()) + [b for b in student.backbone.buffers() if b.is_floating_point()]
+        heads = [hd.h for hd in student.heads]
+        t_state += [self.head.weight, self.head.bias]
+        if len(heads) == 1:
+            s_state += [heads[0].weight, heads[0].bias]
+        else:
+            s_state += [torch.stack([h.weight for h in heads]).mean(0), torch.stack([h.bias for h in heads]).mean(0)]
+        torch._foreach_lerp_(t_state, s_state, 1.0 - momentum)
 
 
-def build_student(backbone: str, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, pretrained: bool = True) -> StudentModel:
-    return StudentModel(build_backbone(backbone, pretrained=pretrained), n_heads, teacher_dim, embed_dim, input_size)
+def build_student(
+    backbone: str, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, pretrained: bool = True, embed_head: str = "first"
+) -> StudentModel:
+    return StudentModel(build_backbone(backbone, pretrained=pretrained), n_heads, teacher_dim, embed_dim, input_size, embed_head)
 
 
 def save_model(path: Path, model: StudentModel, meta: dict) -> None:
@@ -100,6 +128,9 @@ def load_model(path: Path) -> tuple[StudentModel, dict]:
         raise FileNotFoundError(f"model file not found: {path}; run the train stage first")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
-    model = build_student(meta["backbone"], meta["n_heads"], meta["teacher_dim"], meta["embed_dim"], meta["input_size"], pretrained=False)
+    model = build_student(
+        meta["backbone"], meta["n_heads"], meta["teacher_dim"], meta["embed_dim"], meta["input_size"],
+        pretrained=False, embed_head=meta.get("embed_head", "first"),
+    )
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta

@@ -73,6 +73,21 @@ def test_repro_runs_the_dag_then_is_a_no_op(repo):
     sh(repo, "git", "commit", "-qm", "baseline run")
 
 
+def test_search_command(repo):
+    test = json.loads((repo / "data/dataset/test.json").read_text())
+    ann = test["annotations"][0]
+    image = next(im for im in test["images"] if im["id"] == ann["image_id"])
+    x, y, w, h = ann["bbox"]
+    path = str(repo / "data/dataset" / image["file_name"])
+    out = sh(repo, "python", "-m", "stages", "search", path, "--box", str(x), str(y), str(x + w), str(y + h), "-k", "3", "-o", "hits.png")
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 3 and (repo / "hits.png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, "-m", "stages", "search", path, "--box", "900", "900", "990", "990"], cwd=repo, capture_output=True, text=True)
+    assert bad.returncode == 2 and "outside the image" in bad.stderr and "Traceback" not in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "stages", "search", "nope.png"], cwd=repo, capture_output=True, text=True)
+    assert missing.returncode == 2 and "cannot read image" in missing.stderr
+
+
 def test_exp_run_groups_reruns_from_groups_only(repo):
     out = sh(repo, "dvc", "exp", "run", "-S", "groups=5")
     assert "Running stage 'groups'" in out and "Running stage 'evaluate'" in out
@@ -82,4 +97,19 @@ def test_exp_run_groups_reruns_from_groups_only(repo):
     assert json.loads((repo / "data/groups/boundaries.json").read_text())["groups"] == 5
     diff = sh(repo, "dvc", "metrics", "diff", "--md")
     assert "groups" in diff and "retrieval.json" in diff
+    sh(repo, "git", "checkout", "--", "params.yaml")
+
+
+def test_exp_run_ms_ugcml_trains_one_head_per_group(repo):
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.method=ms_ugcml")
+    assert "Running stage 'train'" in out
+    for stage in ("data", "extract", "splits", "groups"):
+        assert f"Running stage '{stage}'" not in out
+    log = [line.split("\t") for line in (repo / "models/train_log.tsv").read_text().splitlines()]
+    ckd = [float(row[log[0].index("ckd")]) for row in log[1:]]
+    assert len(ckd) == 4 and any(c > 0 for c in ckd)
+    params = json.loads((repo / "models/params.json").read_text())
+    assert params["train"]["method"] == "ms_ugcml" and params["groups"] == 4
+    shown = sh(repo, "dvc", "exp", "show", "--md")
+    assert "ms_ugcml" in shown
     sh(repo, "git", "checkout", "--", "params.yaml")

@@ -92,3 +92,29 @@ def test_teacher_weights_views_are_positives_and_symmetric():
     assert (w[pos] == 1).all()
     assert ((w >= 0) & (w <= 1)).all()
     assert pos[0, 4] and pos[4, 0] and not pos[0, 1]
+
+
+def test_ckd_zero_for_identical_heads_and_by_hand():
+    from stages.losses import ckd_pair, collaborative_distillation
+
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x = torch.randn(4, 2)
+    assert ckd_pair(x, x.clone(), c, 0.1).item() == pytest.approx(0.0, abs=1e-7)
+    # a = (1,0): sims (1, 0), tau = 1 -> S_a = softmax(1, 0) = (0.731059, 0.268941)
+    # b = (0,1): S_b = (0.268941, 0.731059); KL = (0.731059 - 0.268941) * ln(0.731059/0.268941)
+    #   = 0.462117 * 1.0 = 0.462117
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert ckd_pair(a, b, c, 1.0).item() == pytest.approx(0.462117, abs=1e-5)
+    # eq. 2 averages the pairs: (0.462117 + 0) / 2
+    assert collaborative_distillation([(a, b), (a, a)], c, 1.0).item() == pytest.approx(0.231059, abs=1e-5)
+    assert collaborative_distillation([], c, 1.0).item() == 0.0
+
+
+def test_nt_xent_by_hand():
+    from stages.losses import nt_xent
+
+    # two crops, two views: z = e1, e1, e2, e2 (views stacked: crop0, crop1, crop0, crop1 ->
+    # rows 0: e1, 1: e2, 2: e1, 3: e2). Anchor 0: positive row 2 (s = 1), negatives rows 1, 3 (s = 0).
+    # tau = 1: loss = -log(e / (e + 2)) = log(1 + 2/e) = 0.551445 for every anchor.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert nt_xent(z, 2, 1.0).item() == pytest.approx(0.551445, abs=1e-5)

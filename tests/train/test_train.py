@@ -6,7 +6,7 @@ import torch
 
 from stages.config import TrainParams
 from stages.train.augment import random_resized_views
-from stages.train.loop import cosine_lr, stml_loss, train_stml
+from stages.train.loop import cosine_lr, mixed_scale_sets, train_model, ugcml_loss
 from stages.train.model import TeacherModel, build_student
 
 CFG = TrainParams(
@@ -21,8 +21,11 @@ def crops():
     return (torch.rand(24, 3, 32, 32, generator=g) * 255).to(torch.uint8)
 
 
-def run(tmp_path, crops, stop_after=None):
-    return train_stml(CFG, crops, np.zeros(len(crops), int), 0, tmp_path / "ckpt.pt", tmp_path / "log.tsv", "fp", stop_after)
+GROUPS = np.arange(24) % 3
+
+
+def run(tmp_path, crops, stop_after=None, cfg=CFG, n_groups=3, fp="fp"):
+    return train_model(cfg, crops, GROUPS % n_groups, n_groups, 0, tmp_path / "ckpt.pt", tmp_path / "log.tsv", fp, stop_after)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, crops):
@@ -42,21 +45,61 @@ def test_resume_equals_uninterrupted_run(tmp_path, crops):
 
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path, crops):
     run(tmp_path, crops, stop_after=2)
-    res = train_stml(CFG, crops, np.zeros(len(crops), int), 0, tmp_path / "ckpt.pt", tmp_path / "log.tsv", "other", 2)
+    res = run(tmp_path, crops, stop_after=2, fp="other")
     assert res.resumed_from == 0
 
 
-def test_gradients_reach_backbone_and_both_layers(crops):
-    student = build_student(CFG.backbone, 1, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train()
+def test_gradients_reach_backbone_and_every_head(crops):
+    student = build_student(CFG.backbone, 3, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train()
     teacher = TeacherModel(student).eval()
-    x = crops[:6].float() / 255
+    assert all(torch.equal(hd.l.weight, student.heads[0].l.weight) for hd in student.heads)  # shared init
+    with torch.no_grad():  # let the heads disagree, as they do after a few steps
+        for hd in student.heads[1:]:
+            hd.l.weight.add_(0.1 * torch.randn_like(hd.l.weight))
+    x = crops[:9].float() / 255
     views = random_resized_views(x, 2, CFG.aug_scale, torch.Generator().manual_seed(0), CFG.input_size)
-    terms = stml_loss(student, teacher, views, CFG)
+    centroids = torch.randn(5, CFG.embed_dim)
+    cfg = CFG.model_copy(update={"method": "ms_ugcml", "mix_share": 0.5})
+    terms = ugcml_loss(student, teacher, views, torch.arange(9) % 3, cfg, centroids, torch.Generator().manual_seed(0))
+    assert terms["ckd"] > 0
     terms["loss"].backward()
-    head = student.heads[0]
-    for p in (head.h.weight, head.l.weight, next(student.backbone.parameters())):
-        assert p.grad is not None and p.grad.abs().sum() > 0
+    for head in student.heads:
+        for p in (head.h.weight, head.l.weight):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+    assert next(student.backbone.parameters()).grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_one_group_ms_ugcml_is_stml(tmp_path, crops):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    stml = run(tmp_path / "a", crops, cfg=CFG.model_copy(update={"method": "stml"}), n_groups=1)
+    ms = run(tmp_path / "b", crops, cfg=CFG.model_copy(update={"method": "ms_ugcml"}), n_groups=1)
+    for (k, a), (_, b) in zip(stml.student.state_dict().items(), ms.student.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_ms_ugcml_has_one_head_per_group_and_logs_ckd(tmp_path, crops):
+    res = run(tmp_path, crops, cfg=CFG.model_copy(update={"method": "ms_ugcml", "mix_share": 0.5}), n_groups=3)
+    assert len(res.student.heads) == 3
+    rows = [line.split("\t") for line in (tmp_path / "log.tsv").read_text().splitlines()]
+    ckd = [float(r[rows[0].index("ckd")]) for r in rows[1:]]
+    assert len(ckd) == CFG.steps and all(c >= 0 for c in ckd) and any(c > 0 for c in ckd)
+
+
+def test_ntxent_baseline_trains(tmp_path, crops):
+    res = run(tmp_path, crops, cfg=CFG.model_copy(update={"method": "ntxent"}), n_groups=1)
+    assert len(res.student.heads) == 1
+
+
+def test_mixed_scale_sets():
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2])
+    sets = mixed_scale_sets(g, 3, 0.5, torch.Generator().manual_seed(0))
+    assert sets[0].tolist() == [0, 1, 2, 3]  # the smallest group sees only its own crops
+    assert sets[1][:5].tolist() == [4, 5, 6, 7, 8] and len(sets[1]) == 5 + 2
+    assert set(sets[1][5:].tolist()) <= {0, 1, 2, 3}
+    assert len(sets[2]) == 2 + 2 + 3 and set(sets[2][2:].tolist()) <= set(range(9))
+    assert [len(s) for s in mixed_scale_sets(g, 3, 0.0, torch.Generator())] == [4, 5, 2]
 
 
 def test_views_shape_range_and_determinism(crops):

@@ -1,0 +1,107 @@
+"""Cost of one MS-UGCML training step against the plain physical work of that step.
+
+Reference: student forward+backward and teacher forward of the same backbone on the same views
+(nothing else). Step: the whole training step (augmentation, all loss terms, optimiser, EMA).
+`step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85).
+`refresh_ratio` = time of one neighbour-graph + centroid refresh over N crops / time of embedding
+the same crops with the backbone alone (target <= 1.15).
+
+Writes benchmarks/results/train_step.json. Run: `python benchmarks/train_step.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from adamp import AdamP
+
+from stages.config import TrainParams
+from stages.index.embed import embed_tensor
+from stages.samplers import KnnBatchSampler
+from stages.train.augment import random_resized_views
+from stages.train.loop import N_VIEWS, kmeans_centroids, refresh_embeddings, ugcml_loss
+from stages.train.model import TeacherModel, build_student
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
+CFG = TrainParams(method="ms_ugcml")
+REPEATS = 5
+
+
+def median_time(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def step_ratio(groups: int, crops: torch.Tensor) -> float:
+    gen = torch.Generator().manual_seed(0)
+    student = build_student(CFG.backbone, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train_mode(True)
+    teacher = TeacherModel(student).eval()
+    opt = AdamP(student.parameters(), lr=CFG.lr, weight_decay=CFG.weight_decay)
+    n = CFG.queries * CFG.neighbours
+    batch_group = torch.arange(n) * groups // n
+    centroids = torch.randn(CFG.clusters, CFG.embed_dim)
+    x = crops[:n].float() / 255
+    views = random_resized_views(x, N_VIEWS, CFG.aug_scale, gen, CFG.input_size)
+
+    def reference():
+        with torch.no_grad():
+            teacher(views)
+        student.backbone(views).sum().backward()
+        student.zero_grad(set_to_none=True)
+
+    def full_step():
+        v = random_resized_views(crops[:n].float() / 255, N_VIEWS, CFG.aug_scale, gen, CFG.input_size)
+        terms = ugcml_loss(student, teacher, v, batch_group, CFG, centroids if groups > 1 else None, gen)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        opt.step()
+        teacher.ema_update(student, CFG.ema)
+
+    # interleave the two measurements so that machine noise hits both alike
+    ref, step = [], []
+    for _ in range(REPEATS):
+        ref.append(median_time(reference, 1))
+        step.append(median_time(full_step, 1))
+    return float(np.median(ref) / np.median(step))
+
+
+def refresh_ratio(crops: torch.Tensor, groups: int = 4) -> float:
+    student = build_student(CFG.backbone, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).eval()
+    group_of = np.arange(len(crops)) % groups
+    sampler = KnnBatchSampler(group_of, groups, CFG.queries, CFG.neighbours, 0)
+
+    def bare():
+        embed_tensor(student.backbone, crops, CFG.batch_embed)
+
+    def refresh():
+        h, l = refresh_embeddings(student, crops, group_of, CFG.batch_embed, True)
+        sampler.refresh(h)
+        kmeans_centroids(l, CFG.clusters, 0)
+
+    return median_time(refresh, 3) / median_time(bare, 3)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    crops = (torch.rand(4096, 3, CFG.input_size, CFG.input_size) * 255).to(torch.uint8)
+    result = {f"step_ratio_g{g}": round(step_ratio(g, crops), 3) for g in (1, 4, 8)}
+    result["refresh_ratio"] = round(refresh_ratio(crops), 3)
+    result.update(batch_crops=CFG.queries * CFG.neighbours, views=N_VIEWS, input_size=CFG.input_size, refresh_crops=len(crops))
+    for k, v in result.items():
+        print(f"{k:16s} {v}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The extract stage on a hand-made dataset: bad images are skipped and counted, not fatal."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from stages import layout
+from stages.config import Params
+from stages.extract import run
+from stages.shards import read_objects
+
+
+@pytest.fixture
+def dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / layout.DATASET
+    (root / "img").mkdir(parents=True)
+    scene = np.full((96, 128, 3), 200, np.uint8)
+    cv2.rectangle(scene, (10, 10), (40, 50), (0, 0, 255), -1)
+    cv2.circle(scene, (90, 60), 20, (0, 160, 0), -1)
+    cv2.imwrite(str(root / "img/good.png"), scene)
+    cv2.imwrite(str(root / "img/flat.png"), np.full((64, 64, 3), 128, np.uint8))
+    (root / "img/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    images = [
+        {"id": 1, "file_name": "img/good.png", "width": 128, "height": 96},
+        {"id": 2, "file_name": "img/flat.png", "width": 64, "height": 64},
+        {"id": 3, "file_name": "img/corrupt.jpg", "width": 64, "height": 64},
+        {"id": 4, "file_name": "img/missing.png", "width": 64, "height": 64},
+    ]
+    coco = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+    for split in layout.SPLIT_NAMES:
+        (root / f"{split}.json").write_text(json.dumps(coco))
+    return tmp_path
+
+
+def test_bad_images_are_skipped_and_counted(dataset):
+    params = Params.model_validate({"extract": {"crop_size": 16, "shard_rows": 7}})
+    run(params)
+    summary = json.loads((dataset / layout.OBJECTS / "summary.json").read_text())
+    for split in layout.SPLIT_NAMES:
+        s = summary["splits"][split]
+        assert s["images"] == 2 and s["skipped_images"] == 2
+        assert any(p.endswith("corrupt.jpg") for p in s["skipped"])
+        objects = read_objects(layout.OBJECTS, split)
+        assert len(objects) == s["objects"] > 0
+        assert set(objects["image_id"]) <= {1, 2}
+        boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy()
+        assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+        assert (boxes[:, [0, 1]] >= 0).all() and (boxes[:, 2] <= 128).all() and (boxes[:, 3] <= 96).all()
+        assert objects["object_id"].is_unique
+    train = read_objects(layout.OBJECTS, "train", columns=["object_id"])
+    test = read_objects(layout.OBJECTS, "test", columns=["object_id"])
+    assert not set(train["object_id"]) & set(test["object_id"])  # ids unique across splits

@@ -1,0 +1,46 @@
+"""The CLI: user mistakes give a message and exit code 2, never a traceback; help is complete."""
+
+from typer.testing import CliRunner
+
+from stages.cli import app
+
+runner = CliRunner()
+STAGE_COMMANDS = ("data", "extract", "splits", "groups", "train", "index", "evaluate")
+
+
+def test_help_lists_every_stage():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in STAGE_COMMANDS + ("params",):
+        assert cmd in res.output
+    for cmd in STAGE_COMMANDS:
+        sub = runner.invoke(app, [cmd, "--help"])
+        assert sub.exit_code == 0 and "Params:" in sub.output and "--params" in sub.output
+
+
+def test_typo_in_params_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("grups: 4\n")
+    res = runner.invoke(app, ["groups"])
+    assert res.exit_code == 2
+    assert "grups: unknown key" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_missing_upstream_output_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    res = runner.invoke(app, ["extract"])
+    assert res.exit_code == 2
+    assert "dataset file not found" in res.output and "data stage" in res.output
+
+
+def test_params_command_documents_every_key(tmp_path):
+    res = runner.invoke(app, ["params"])
+    assert res.exit_code == 0
+    for key in ("seed", "groups", "task", "train.lr", "extract.graph.scales", "evaluate.exclude_same_image"):
+        assert key in res.output
+    bad = tmp_path / "p.yaml"
+    bad.write_text("train:\n  lr: fast\n")
+    res = runner.invoke(app, ["params", "--params", str(bad)])
+    assert res.exit_code == 2 and "train.lr" in res.output
