@@ -2,8 +2,9 @@
 
 Object level: a returned gallery object is relevant when its IoU with a ground-truth box of the
 query's class is >= ``evaluate.object_iou`` (0.3); image level: any overlap (paper V-A).
-Reported for all / known / unknown query classes of the configured task, for the trained model
-and for the same backbone without training (``pretrained``).
+Reported for all / known / unknown query classes of the configured task and for the paper's
+query-size buckets (Tables III-IV), for the trained model and for the same backbone without
+training (``pretrained``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ from stages.shards import BOX_COLUMNS
 
 log = logging.getLogger(__name__)
 HEADLINE = ("R@1", "R@5", "R@10", "mAP", "mAP_std", "mMP@5")
+# Query-size buckets of the paper's Tables III-IV, by sqrt(box area) in pixels.
+SIZE_BUCKETS = {"size_0-20": (0, 20), "size_20-30": (20, 30), "size_30-60": (30, 60), "size_60-100": (60, 100), "size_100+": (100, np.inf)}
+
+
+def query_masks(queries: pd.DataFrame, known_ids: list[int]) -> dict[str, np.ndarray]:
+    """all / known / unknown classes, and the paper's query-size buckets."""
+    known = queries["category_id"].isin(known_ids).to_numpy()
+    side = np.sqrt(queries["area"].to_numpy(np.float64))
+    masks = {"all": np.ones(len(queries), bool), "known": known, "unknown": ~known}
+    masks.update({name: (side >= lo) & (side < hi) for name, (lo, hi) in SIZE_BUCKETS.items()})
+    return masks
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
@@ -69,8 +81,7 @@ def run(params: Params) -> None:
         "O": relevant_classes(*args, iou_threshold=cfg.object_iou, n_classes=n_classes),
         "I": relevant_classes(*args, iou_threshold=ANY_OVERLAP, n_classes=n_classes),
     }
-    known = queries["category_id"].isin(tasks["known"]).to_numpy()
-    masks = {"all": np.ones(len(queries), bool), "known": known, "unknown": ~known}
+    masks = query_masks(queries, tasks["known"])
     # Excluding same-image items shortens lists: fetch enough to still fill topk.
     per_image = int(gallery.groupby("image_id").size().max())
     fetch = cfg.topk + (per_image if cfg.exclude_same_image else 0)

@@ -89,28 +89,41 @@ def ugcml_loss(
     n_crops = len(batch_group)
     with torch.no_grad():
         t = teacher(views)
-    outs = student(views)
-    sets = mixed_scale_sets(batch_group, len(outs), cfg.mix_share, generator)
+    feat = student.backbone(views)
+    sets = mixed_scale_sets(batch_group, len(student.heads), cfg.mix_share, generator)
     zero = views.new_zeros(())
     terms = {"rc_h": zero, "rc_l": zero, "self_distill": zero, "ckd": zero}
-    for (h, l), rows in zip(outs, sets):
+    l_of_set = []  # each head embeds only the views of its own set
+    for head, rows in zip(student.heads, sets):
+        both = torch.cat([rows, rows + n_crops])
+        h, l = head(feat[both])
+        l_of_set.append(l)
         if len(rows) < 2:
             continue
-        both = torch.cat([rows, rows + n_crops])
         w = teacher_weights(t[both], cfg.sigma, cfg.context_k, view_positives(len(rows), N_VIEWS, views.device))
-        terms["rc_h"] = terms["rc_h"] + relaxed_contrastive(h[both], w, cfg.delta)  # eq. 4 on h_m
-        terms["rc_l"] = terms["rc_l"] + relaxed_contrastive(l[both], w, cfg.delta)  # eq. 4 on l_m
-        terms["self_distill"] = terms["self_distill"] + self_distillation(h[both], l[both])  # eq. 3
-    if centroids is not None and len(outs) > 1:
+        terms["rc_h"] = terms["rc_h"] + relaxed_contrastive(h, w, cfg.delta)  # eq. 4 on h_m
+        terms["rc_l"] = terms["rc_l"] + relaxed_contrastive(l, w, cfg.delta)  # eq. 4 on l_m
+        terms["self_distill"] = terms["self_distill"] + self_distillation(h, l)  # eq. 3
+    if centroids is not None and len(sets) > 1:
         pairs = []
-        for a in range(len(outs)):
-            for b in range(a + 1, len(outs)):
+        for a in range(len(sets)):
+            for b in range(a + 1, len(sets)):
                 shared = sets[a][torch.isin(sets[a], sets[b])]
-                both = torch.cat([shared, shared + n_crops])
-                pairs.append((outs[a][1][both], outs[b][1][both]))
+                pairs.append((l_of_set[a][_view_rows(sets[a], shared)], l_of_set[b][_view_rows(sets[b], shared)]))
         terms["ckd"] = collaborative_distillation(pairs, centroids, cfg.ckd_tau)  # eq. 2
     terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
     return terms
+
+
+def _view_rows(set_rows: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+    """Positions, in a set's stacked views [view 1 of its rows; view 2 of its rows], of both
+    views of ``crops`` (a subset of ``set_rows``)."""
+    if len(crops) == 0:
+        return torch.empty(0, dtype=torch.long)
+    pos = torch.full((int(set_rows.max()) + 1,), -1, dtype=torch.long)
+    pos[set_rows] = torch.arange(len(set_rows))
+    p = pos[crops]
+    return torch.cat([p, p + len(set_rows)])
 
 
 def ntxent_loss(student: StudentModel, views: torch.Tensor, cfg: TrainParams) -> dict[str, torch.Tensor]:

@@ -68,11 +68,15 @@ class StudentModel(nn.Module):
 
     @torch.no_grad()
     def embed_by_group(self, x: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, l) of each crop from the head of its own scale group, one backbone pass."""
+        """(h, l) of each crop from the head of its own scale group: one backbone pass, and each
+        crop through one head only."""
         feat = self.backbone(x)
-        outs = [head(feat) for head in self.heads]
-        h = torch.stack([o[0] for o in outs])[group, torch.arange(len(x))]
-        l = torch.stack([o[1] for o in outs])[group, torch.arange(len(x))]
+        h = feat.new_empty(len(x), self.heads[0].h.out_features)
+        l = feat.new_empty(len(x), self.heads[0].l.out_features)
+        for m, head in enumerate(self.heads):  # a handful of heads
+            rows = torch.nonzero(group == m).flatten()
+            if len(rows):
+                h[rows], l[rows] = head(feat[rows])
         return h, l
 
 

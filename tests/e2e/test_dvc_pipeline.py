@@ -60,7 +60,7 @@ def test_repro_runs_the_dag_then_is_a_no_op(repo):
     metrics = json.loads((repo / "metrics/retrieval.json").read_text())
     assert metrics["groups"] == 4 and metrics["task"] == 2
     for name in ("model", "pretrained"):
-        for subset in ("all", "known", "unknown"):
+        for subset in ("all", "known", "unknown", "size_0-20", "size_100+"):
             assert set(metrics[name][subset]) >= {"queries", "O-R@1", "O-mAP", "I-R@1", "I-mAP"}
         assert metrics[name]["all"]["queries"] == metrics[name]["known"]["queries"] + metrics[name]["unknown"]["queries"]
         assert 0 <= metrics[name]["all"]["O-R@1"] <= 100
