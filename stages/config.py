@@ -77,7 +77,7 @@ class ExtractParams(_Strict):
 
 class TrainParams(_Strict):
     method: Literal["ms_ugcml", "stml", "ntxent", "none"] = Field(
-        "stml", description="ms_ugcml (paper), stml (single head), ntxent (two-view contrastive), none (pretrained)"
+        "ntxent", description="ms_ugcml (paper), stml (single head), ntxent (two-view contrastive), none (pretrained)"
     )
     backbone: str = Field("efficientnet_lite0", description="backbone name in the registry")
     input_size: int = Field(64, ge=16, description="square input side of the network")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,9 +32,17 @@ def load_training_crops(input_size: int) -> tuple[pd.DataFrame, "torch.Tensor"]:
     return table.drop(columns="crop"), crops
 
 
+TRAINING_CODE = ("train", "losses", "samplers", "backbones")
+
+
 def fingerprint(params: Params, object_ids: np.ndarray, crops) -> str:
-    """Identity of a training run: its parameters and its exact input crops."""
+    """Identity of a training run: its parameters, its exact input crops and the training code
+    (a checkpoint written by other code is not resumed)."""
     h = hashlib.sha256(json.dumps(params.train.model_dump(mode="json"), sort_keys=True).encode())
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(p for folder in TRAINING_CODE for p in (package / folder).rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode())
+        h.update(path.read_bytes())
     h.update(str((params.seed, params.groups)).encode())
     h.update(np.ascontiguousarray(object_ids).tobytes())
     h.update(crops.numpy().tobytes())

@@ -7,7 +7,6 @@ continues from there and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -190,10 +189,10 @@ def train_model(
     opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     sampler = KnnBatchSampler(group_of, n_groups, cfg.queries, cfg.neighbours, seed)
-    state = {"centroids": None}
+    state = {"centroids": None, "history": []}
     start = _resume(checkpoint, fingerprint, student, teacher, opt, sched, sampler, gen, state)
-    if start == 0:
-        log_path.write_text("\t".join(LOG_COLUMNS) + "\n")
+    # The log is rewritten from the checkpoint's history: it always matches the weights.
+    log_path.write_text("".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
     student.train_mode(cfg.freeze_bn)
     groups_t = torch.from_numpy(group_of)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}", unit="step")
@@ -219,10 +218,11 @@ def train_model(
         lr = opt.param_groups[0]["lr"]
         sched.step()
         teacher.ema_update(student, cfg.ema)
-        row = [step, lr] + [float(terms[k].detach()) for k in LOG_COLUMNS[2:]]
-        with open(log_path, "a", newline="") as f:
-            csv.writer(f, delimiter="\t").writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
-        bar.set_postfix(loss=f"{row[2]:.4f}", lr=f"{lr:.2e}")
+        row = [str(step), f"{lr:.6g}"] + [f"{float(terms[k].detach()):.6g}" for k in LOG_COLUMNS[2:]]
+        state["history"].append(row)
+        with open(log_path, "a") as f:
+            f.write("\t".join(row) + "\n")
+        bar.set_postfix(loss=row[2], lr=f"{lr:.2e}")
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             _save(checkpoint, fingerprint, done, student, teacher, opt, sched, sampler, gen, state)
@@ -244,6 +244,7 @@ def _save(path: Path, fingerprint: str, step: int, student, teacher, opt, sched,
         "torch_rng": torch.get_rng_state(),
         "generator": gen.get_state(),
         "centroids": extra["centroids"],
+        "history": json.dumps(extra["history"]),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -270,5 +271,6 @@ def _resume(path: Path, fingerprint: str, student, teacher, opt, sched, sampler,
     torch.set_rng_state(state["torch_rng"])
     gen.set_state(state["generator"])
     extra["centroids"] = state["centroids"]
+    extra["history"] = json.loads(state["history"])[: int(state["step"])]
     log.info("train: resuming from step %d of %s", state["step"], path)
     return int(state["step"])

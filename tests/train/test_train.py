@@ -116,3 +116,15 @@ def test_cosine_schedule():
     assert cosine_lr(5, 10, 0) == pytest.approx(0.5)
     assert cosine_lr(10, 10, 0) == pytest.approx(0.0)
     assert cosine_lr(0, 10, 2) == pytest.approx(0.5)
+
+
+def test_completed_run_with_deleted_log_restores_the_log(tmp_path, crops):
+    # DVC deletes non-persistent outputs (the log) before rerunning a stage; the checkpoint stays.
+    first = run(tmp_path, crops)
+    log = (tmp_path / "log.tsv").read_text()
+    (tmp_path / "log.tsv").unlink()
+    again = run(tmp_path, crops)
+    assert again.resumed_from == CFG.steps
+    assert (tmp_path / "log.tsv").read_text() == log
+    for a, b in zip(first.student.state_dict().values(), again.student.state_dict().values()):
+        assert torch.equal(a, b)
