@@ -98,11 +98,13 @@ def groups(params: Path = ParamsOption) -> None:
 
 @app.command()
 def train(params: Path = ParamsOption) -> None:
-    """Train the embedding model (train.method: stml or none) into models/model.pt.
+    """Train the embedding model into models/model.pt (train.method: ms_ugcml, stml, ntxent, none).
 
-    Params: seed, groups, train.* . Resumable: rerunning after a crash continues from
-    models/checkpoint.pt when the parameters and crops are unchanged. The loss curves
-    go to models/train_log.tsv.
+    Params: seed, groups, train.* . ms_ugcml trains one head per scale group (groups);
+    stml one head; ntxent the two-view contrastive baseline; none keeps the pretrained
+    backbone. Resumable: rerunning after a crash continues from models/checkpoint.pt when
+    the parameters, crops and training code are unchanged. The loss terms and learning
+    rate go to models/train_log.tsv (dvc plots show).
     """
     from stages.train import run
 

@@ -1,4 +1,4 @@
-"""The train stage: unsupervised teacher–student metric learning on the training crops."""
+"""The train stage: unsupervised metric learning on the training crops (``train.method``)."""
 
 from __future__ import annotations
 
