@@ -17,28 +17,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from stages.boxes import paired_iou
+
 __all__ = ["ANY_OVERLAP", "relevant_classes", "relevance_matrix"]
 
 #: IoU threshold meaning "any overlap" (image-level relevance): IoU strictly above it.
 ANY_OVERLAP = 1e-10
-
-
-def _paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Elementwise IoU of two ``[N, 4]`` xyxy box arrays (continuous coordinates, area = w*h).
-
-    Degenerate pairs (zero union) get IoU 0.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0.0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0.0, None)
-    inter = iw * ih
-    area_a = np.clip(a[:, 2] - a[:, 0], 0.0, None) * np.clip(a[:, 3] - a[:, 1], 0.0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0.0, None) * np.clip(b[:, 3] - b[:, 1], 0.0, None)
-    union = area_a + area_b - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, union, out=out, where=union > 0)
-    return out
 
 
 def _same_image_pairs(left_image: np.ndarray, right_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +78,7 @@ def relevant_classes(
         raise ValueError(f"gt_class values must lie in [0, {n_classes}), got [{gt_class.min()}, {gt_class.max()}]")
 
     g_idx, t_idx = _same_image_pairs(gallery_image, gt_image)
-    iou = _paired_iou(gallery_boxes[g_idx], gt_boxes[t_idx])
+    iou = paired_iou(gallery_boxes[g_idx], gt_boxes[t_idx])
     hit = iou > ANY_OVERLAP if iou_threshold <= ANY_OVERLAP else iou >= iou_threshold
 
     # one entry per distinct (gallery, class): unique keys come out sorted row-major (CSR order)

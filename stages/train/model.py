@@ -94,10 +94,6 @@ class TeacherModel(nn.Module):
         return self.head(self.backbone(x))
 
     @torch.no_grad()
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self(x), dim=1)
-
-    @torch.no_grad()
     def ema_update(self, student: StudentModel, momentum: float) -> None:
         """theta_t <- m theta_t + (1 - m) theta_s, over parameters and float buffers (BN stats);
         the head's theta_s is the mean of the student heads' h layers (h_1 alone for one head)."""
