@@ -160,13 +160,14 @@ def search_cmd(
     query_box = None if box == (-1.0, -1.0, -1.0, -1.0) else box
 
     def _search(p) -> None:
-        hits = search(image, query_box, k, p.extract.crop_size, embedding)
+        crop = query_crop(image, query_box, p.extract.crop_size)
+        hits = search(crop, k, embedding)
         typer.echo(f"{'rank':>4}  {'object':>8}  {'image':>6}  {'box (x1 y1 x2 y2)':28s} {'distance':>8}  path")
         for h in hits:
             b = " ".join(f"{v:6.1f}" for v in h.box)
             typer.echo(f"{h.rank:4d}  {h.object_id:8d}  {h.image_id:6d}  {b:28s} {h.distance:8.4f}  {h.image_path}")
         if out is not None:
-            draw_hits(query_crop(image, query_box, 128), hits, out)
+            draw_hits(crop, hits, out)
             typer.echo(f"wrote {out}")
 
     _run_stage("search", params, _search)

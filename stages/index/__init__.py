@@ -20,7 +20,7 @@ from stages.data.table import load_split
 from stages.extract.crops import crop_boxes, read_image
 from stages.index.embed import crops_to_tensor, decode_to_tensor, embed_tensor
 from stages.shards import BOX_COLUMNS, read_objects
-from stages.train.model import build_student, load_model
+from stages.train.model import StudentModel, build_student, load_model
 
 log = logging.getLogger(__name__)
 EMBEDDINGS = ("model", "pretrained")
@@ -51,6 +51,11 @@ def query_crops(params: Params) -> tuple[pd.DataFrame, list[np.ndarray]]:
     return queries.reset_index(drop=True), crops
 
 
+def pretrained_model(meta: dict) -> StudentModel:
+    """The baseline of a saved model: its backbone with the pretrained weights, no head, no training."""
+    return build_student(meta["backbone"], 0, meta["teacher_dim"], meta["embed_dim"], meta["input_size"]).eval()
+
+
 def build_index(vectors: np.ndarray, kind: str) -> faiss.Index:
     if kind != "flat":  # pragma: no cover - guarded by the parameter model
         raise ValueError(f"unknown index type {kind!r}")
@@ -74,8 +79,7 @@ def run(params: Params) -> None:
     out.mkdir(parents=True, exist_ok=True)
     gallery.drop(columns="crop").to_parquet(out / "gallery.parquet", index=False)
     queries.to_parquet(out / "queries.parquet", index=False)
-    pretrained = build_student(meta["backbone"], 0, meta["teacher_dim"], meta["embed_dim"], size).eval()
-    for name, net in zip(EMBEDDINGS, (model, pretrained)):
+    for name, net in zip(EMBEDDINGS, (model, pretrained_model(meta))):
         g = embed_tensor(net.embed, g_tensor, params.index.batch_size, desc=f"embed gallery ({name})")
         q = embed_tensor(net.embed, q_tensor, params.index.batch_size, desc=f"embed queries ({name})")
         (out / name).mkdir(exist_ok=True)

@@ -15,6 +15,7 @@ from stages.boxes import clip_boxes
 from stages.data.table import load_split
 from stages.errors import UserError
 from stages.extract.crops import crop_boxes, read_image
+from stages.index import pretrained_model
 from stages.index.embed import crops_to_tensor
 from stages.shards import BOX_COLUMNS
 from stages.train.model import load_model
@@ -47,16 +48,14 @@ def query_crop(image_path: Path, box: tuple[float, float, float, float] | None, 
     return crop_boxes(image, clipped, crop_size)[0]
 
 
-def search(image_path: Path, box, k: int, crop_size: int, embedding: str = "model") -> list[Hit]:
+def search(crop: np.ndarray, k: int, embedding: str = "model") -> list[Hit]:
+    """The k gallery objects nearest to a query crop (RGB uint8), with the 'model' or 'pretrained' embedding."""
     index_file = layout.INDEX / embedding / "gallery.faiss"
     if not index_file.exists():
         raise UserError(f"no index at {index_file}: build it first with `dvc repro` (or `python -m stages index`)")
     model, meta = load_model(layout.MODELS / "model.pt")
     if embedding == "pretrained":
-        from stages.train.model import build_student
-
-        model = build_student(meta["backbone"], 0, meta["teacher_dim"], meta["embed_dim"], meta["input_size"]).eval()
-    crop = query_crop(Path(image_path), box, crop_size)
+        model = pretrained_model(meta)
     q = model.embed(crops_to_tensor([crop], meta["input_size"]).float().div_(255)).numpy()
     index = faiss.read_index(str(index_file))
     dist, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
