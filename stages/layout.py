@@ -1,12 +1,50 @@
-"""Where each stage reads and writes, relative to the project root (dvc.yaml uses the same)."""
+"""Where each stage reads and writes, relative to the project root (dvc.yaml uses the same paths).
+
+Datasets and backbones are the two axes of the DAG (``datasets`` and ``backbones`` in params.yaml,
+DVC ``matrix`` stages in dvc.yaml)::
+
+    data/<dataset>/dataset/      {split}.json (COCO format) + images/ of generated sources
+    data/<dataset>/objects/      Parquet object shards {split}-NNNNN.parquet + summary.json
+    data/splits/  data/groups/   Task1-4 splits and scale groups of the training dataset (train_on)
+    models/<backbone>/           model.pt, checkpoint.pt, train_log.tsv, params.json
+    index/<backbone>/<dataset>/  FAISS gallery indexes and query embeddings
+    metrics/<backbone>/<dataset>.json   retrieval metrics (committed, cache: false)
+"""
 
 from pathlib import Path
 
-DATASET = Path("data/dataset")  # {split}.json (COCO format) + images/
-OBJECTS = Path("data/objects")  # Parquet object shards {split}-NNNNN.parquet + summary.json
-SPLITS = Path("data/splits")  # tasks.json + train_objects.parquet
-GROUPS = Path("data/groups")  # assignment.parquet + boundaries.json + area_hist.png
-MODELS = Path("models")  # model.pt, checkpoint.pt, train_log.tsv, params.json
-INDEX = Path("index")  # FAISS indexes and embeddings
-METRICS = Path("metrics")  # metric JSONs (committed, cache: false)
+DATA = Path("data")
+SPLITS = DATA / "splits"  # tasks.json + train_objects.parquet
+GROUPS = DATA / "groups"  # assignment.parquet + boundaries.json + area_hist.png
+MODELS = Path("models")
+INDEX = Path("index")
+METRICS = Path("metrics")
 SPLIT_NAMES = ("train", "test")
+# Single-dataset paths, until the stages take a dataset and a backbone (being rewired).
+DATASET = DATA / "dataset"
+OBJECTS = DATA / "objects"
+
+
+def dataset_dir(dataset: str) -> Path:
+    """COCO-format tables ``{split}.json`` of one dataset (and the images of generated sources)."""
+    return DATA / dataset / "dataset"
+
+
+def objects_dir(dataset: str) -> Path:
+    """Parquet object shards of one dataset."""
+    return DATA / dataset / "objects"
+
+
+def model_dir(backbone: str) -> Path:
+    """The trained model of one backbone: model.pt, checkpoint.pt, train_log.tsv, params.json."""
+    return MODELS / backbone
+
+
+def index_dir(backbone: str, dataset: str) -> Path:
+    """Gallery indexes and query embeddings of one backbone's model on one dataset."""
+    return INDEX / backbone / dataset
+
+
+def metrics_file(backbone: str, dataset: str) -> Path:
+    """Retrieval metrics of one backbone's model on one dataset."""
+    return METRICS / backbone / f"{dataset}.json"
