@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from adamp import AdamP
 
+from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
 from stages.index.embed import embed_tensor
 from stages.samplers import KnnBatchSampler
@@ -43,7 +44,7 @@ def median_time(fn, repeats: int = REPEATS) -> float:
 
 def step_ratio(groups: int, crops: torch.Tensor) -> float:
     gen = torch.Generator().manual_seed(0)
-    student = build_student(CFG.backbone, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train_mode(True)
+    student = build_student(DEFAULT_BACKBONE, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train_mode(True)
     teacher = TeacherModel(student).eval()
     opt = AdamP(student.parameters(), lr=CFG.lr, weight_decay=CFG.weight_decay)
     n = CFG.queries * CFG.neighbours
@@ -75,7 +76,7 @@ def step_ratio(groups: int, crops: torch.Tensor) -> float:
 
 
 def refresh_ratio(crops: torch.Tensor, groups: int = 4) -> float:
-    student = build_student(CFG.backbone, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).eval()
+    student = build_student(DEFAULT_BACKBONE, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).eval()
     group_of = np.arange(len(crops)) % groups
     sampler = KnnBatchSampler(group_of, groups, CFG.queries, CFG.neighbours, 0)
 

@@ -30,6 +30,12 @@ app = typer.Typer(
 )
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameter file (YAML) to read.")
+DatasetOption = typer.Option(
+    None, "--dataset", "-d", help="Dataset name, one of params `datasets` (default: `train_on`). dvc.yaml passes it per matrix entry."
+)
+BackboneOption = typer.Option(
+    None, "--backbone", "-B", help="Backbone name, one of params `backbones` (default: the first). dvc.yaml passes it per matrix entry."
+)
 
 
 def _run_stage(name: str, params_path: Path, fn: Callable) -> None:
@@ -47,21 +53,21 @@ def _run_stage(name: str, params_path: Path, fn: Callable) -> None:
 
 
 @app.command()
-def data(params: Path = ParamsOption) -> None:
-    """Materialise the dataset as COCO-format tables: data/dataset/{train,test}.json.
+def data(dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
+    """Materialise a dataset as COCO-format tables: data/<dataset>/dataset/{split}.json.
 
-    Params: seed, data.* . The default source 'synthetic' renders deterministic scenes
+    Params: seed, data.<dataset> . The default source 'synthetic' renders deterministic scenes
     (shapes x textures x colours on real photo backgrounds, long-tailed object sizes)
-    into data/dataset/images/.
+    into data/synthetic/dataset/images/.
     """
     from stages.data import run
 
-    _run_stage("data", params, run)
+    _run_stage("data", params, lambda p: run(p, dataset))
 
 
 @app.command()
-def extract(params: Path = ParamsOption) -> None:
-    """Extract class-agnostic object proposals into Parquet shards: data/objects/.
+def extract(dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
+    """Extract class-agnostic object proposals into Parquet shards: data/<dataset>/objects/.
 
     Params: extract.* . One row per object: object_id, image_id, split, box x1 y1 x2 y2,
     area, score, the crop (PNG/JPEG bytes, longest side extract.crop_size) and the
@@ -69,15 +75,16 @@ def extract(params: Path = ParamsOption) -> None:
     """
     from stages.extract import run
 
-    _run_stage("extract", params, run)
+    _run_stage("extract", params, lambda p: run(p, dataset))
 
 
 @app.command()
 def splits(params: Path = ParamsOption) -> None:
     """Open-world Task1-4 splits: known classes of `task` and its training objects.
 
-    Params: task. Writes data/splits/tasks.json and data/splits/train_objects.parquet
-    (training objects = extracted train objects overlapping a GT box of a known class).
+    Params: task, train_on. Writes data/splits/tasks.json and data/splits/train_objects.parquet
+    (training objects = extracted train objects of the train_on dataset overlapping a GT box of
+    a known class).
     """
     from stages.splits import run
 
@@ -97,35 +104,37 @@ def groups(params: Path = ParamsOption) -> None:
 
 
 @app.command()
-def train(params: Path = ParamsOption) -> None:
-    """Train the embedding model into models/model.pt (train.method: ms_ugcml, stml, ntxent, none).
+def train(backbone: str = BackboneOption, params: Path = ParamsOption) -> None:
+    """Train the embedding model of a backbone into models/<backbone>/model.pt.
+
+    train.method: ms_ugcml, stml, ntxent or none.
 
     Params: seed, groups, train.* . ms_ugcml trains one head per scale group (groups);
     stml one head; ntxent the two-view contrastive baseline; none keeps the pretrained
-    backbone. Resumable: rerunning after a crash continues from models/checkpoint.pt when
-    the parameters, crops and training code are unchanged. The loss terms and learning
-    rate go to models/train_log.tsv (dvc plots show).
+    backbone. Resumable: rerunning after a crash continues from models/<backbone>/checkpoint.pt
+    when the parameters, crops and training code are unchanged. The loss terms and learning
+    rate go to models/<backbone>/train_log.tsv (dvc plots show).
     """
     from stages.train import run
 
-    _run_stage("train", params, run)
+    _run_stage("train", params, lambda p: run(p, backbone))
 
 
 @app.command()
-def index(params: Path = ParamsOption) -> None:
-    """Embed gallery objects (test split) and query boxes (test GT), build FAISS indexes.
+def index(backbone: str = BackboneOption, dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
+    """Embed a dataset's gallery objects (test split) and query boxes (test GT), build FAISS indexes.
 
-    Params: extract.crop_size, index.* . Writes index/{model,pretrained}/ (gallery.faiss,
-    queries.npy) and index/{gallery,queries}.parquet.
+    Params: extract.crop_size, index.* . Writes index/<backbone>/<dataset>/{model,pretrained}/
+    (gallery.faiss, queries.npy) and index/<backbone>/<dataset>/{gallery,queries}.parquet.
     """
     from stages.index import run
 
-    _run_stage("index", params, run)
+    _run_stage("index", params, lambda p: run(p, backbone, dataset))
 
 
 @app.command()
-def evaluate(params: Path = ParamsOption) -> None:
-    """Object- and image-level Recall@k and mAP into metrics/retrieval.json.
+def evaluate(backbone: str = BackboneOption, dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
+    """Object- and image-level Recall@k and mAP into metrics/<backbone>/<dataset>.json.
 
     Params: groups, task, evaluate.* . Object level: IoU >= evaluate.object_iou with a GT box
     of the query's class; image level: any overlap. For all / known / unknown classes, for
@@ -133,7 +142,7 @@ def evaluate(params: Path = ParamsOption) -> None:
     """
     from stages.evaluate import run
 
-    _run_stage("evaluate", params, run)
+    _run_stage("evaluate", params, lambda p: run(p, backbone, dataset))
 
 
 @app.command("search")
@@ -145,6 +154,8 @@ def search_cmd(
     k: int = typer.Option(5, "--k", "-k", min=1, help="Number of objects to return."),
     embedding: str = typer.Option("model", "--embedding", "-e", help="'model' (trained) or 'pretrained' (untrained backbone)."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write a PNG sheet: the query, then each hit's image with its box."),
+    backbone: str = BackboneOption,
+    dataset: str = DatasetOption,
     params: Path = ParamsOption,
 ) -> None:
     """Find the objects of the gallery index most similar to a query box (or crop file).
@@ -161,7 +172,7 @@ def search_cmd(
 
     def _search(p) -> None:
         crop = query_crop(image, query_box, p.extract.crop_size)
-        hits = search(crop, k, embedding)
+        hits = search(crop, k, p.backbone(backbone), p.dataset(dataset), embedding)
         typer.echo(f"{'rank':>4}  {'object':>8}  {'image':>6}  {'box (x1 y1 x2 y2)':28s} {'distance':>8}  path")
         for h in hits:
             b = " ".join(f"{v:6.1f}" for v in h.box)

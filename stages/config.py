@@ -50,7 +50,8 @@ class SyntheticParams(_Strict):
 
 
 class DataParams(_Strict):
-    source: Literal["synthetic"] = Field("synthetic", description="dataset source")
+    """One section per dataset source; the ``datasets`` list says which ones the pipeline uses."""
+
     synthetic: SyntheticParams = SyntheticParams()
 
 
@@ -79,7 +80,6 @@ class TrainParams(_Strict):
     method: Literal["ms_ugcml", "stml", "ntxent", "none"] = Field(
         "ntxent", description="ms_ugcml (paper), stml (single head), ntxent (two-view contrastive), none (pretrained)"
     )
-    backbone: str = Field("efficientnet_lite0", description="backbone name in the registry")
     input_size: int = Field(64, ge=16, description="square input side of the network")
     steps: int = Field(150, ge=0, description="optimisation steps")
     queries: int = Field(8, ge=1, description="queries per batch (each brings its neighbours)")
@@ -125,6 +125,13 @@ class EvaluateParams(_Strict):
 
 class Params(_Strict):
     seed: int = Field(0, description="global seed: same seed, same params, same metrics")
+    datasets: tuple[str, ...] = Field(
+        ("synthetic",), min_length=1, description="datasets to extract, index and evaluate (a data.<name> section each)"
+    )
+    train_on: str = Field("synthetic", description="the dataset (one of datasets) whose train split trains the models")
+    backbones: tuple[str, ...] = Field(
+        ("efficientnet_lite0",), min_length=1, description="backbones: one train/index/evaluate chain each"
+    )
     groups: int = Field(4, ge=1, le=8, description="number of scale groups")
     task: int = Field(4, ge=1, le=4, description="open-world task: classes of T1..Ttask are known")
     data: DataParams = DataParams()
@@ -132,6 +139,36 @@ class Params(_Strict):
     train: TrainParams = TrainParams()
     index: IndexParams = IndexParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _axes(self) -> "Params":
+        sources = sorted(DataParams.model_fields)
+        for name in ("datasets", "backbones"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a name twice: {list(values)}")
+        unknown = [d for d in self.datasets if d not in sources]
+        if unknown:
+            raise ValueError(f"datasets: unknown source(s) {unknown}; valid: {sources}")
+        if self.train_on not in self.datasets:
+            raise ValueError(f"train_on: {self.train_on!r} is not one of datasets {list(self.datasets)}")
+        return self
+
+    def dataset(self, name: str | None) -> str:
+        """``name`` checked against ``datasets`` (default: ``train_on``)."""
+        if name is None:
+            return self.train_on
+        if name not in self.datasets:
+            raise ParamsError(f"dataset {name!r} is not in params datasets {list(self.datasets)}")
+        return name
+
+    def backbone(self, name: str | None) -> str:
+        """``name`` checked against ``backbones`` (default: the first one)."""
+        if name is None:
+            return self.backbones[0]
+        if name not in self.backbones:
+            raise ParamsError(f"backbone {name!r} is not in params backbones {list(self.backbones)}")
+        return name
 
 
 def _describe(err: ValidationError, path: Path) -> str:

@@ -20,9 +20,6 @@ MODELS = Path("models")
 INDEX = Path("index")
 METRICS = Path("metrics")
 SPLIT_NAMES = ("train", "test")
-# Single-dataset paths, until the stages take a dataset and a backbone (being rewired).
-DATASET = DATA / "dataset"
-OBJECTS = DATA / "objects"
 
 
 def dataset_dir(dataset: str) -> Path:

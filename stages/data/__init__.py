@@ -11,18 +11,19 @@ from stages.config import Params
 log = logging.getLogger(__name__)
 
 
-def run(params: Params) -> None:
-    """Write ``data/dataset/{train,test}.json`` (and the images of generated sources)."""
+def run(params: Params, dataset: str | None = None) -> None:
+    """Write ``data/<dataset>/dataset/{split}.json`` (and the images of generated sources)."""
     from stages.data import synthetic
 
-    cfg = params.data
-    out = layout.DATASET
+    name = params.dataset(dataset)
+    out = layout.dataset_dir(name)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.source == "synthetic":
-        sizes = {"train": cfg.synthetic.train_images, "test": cfg.synthetic.test_images}
+    if name == "synthetic":
+        cfg = params.data.synthetic
+        sizes = {"train": cfg.train_images, "test": cfg.test_images}
         for split, n in sizes.items():
-            coco = synthetic.generate_split(cfg.synthetic, split, n, params.seed, out)
+            coco = synthetic.generate_split(cfg, split, n, params.seed, out)
             (out / f"{split}.json").write_text(json.dumps(coco))
             log.info("data: %s split: %d images, %d objects", split, len(coco["images"]), len(coco["annotations"]))
     else:  # pragma: no cover - guarded by the parameter model
-        raise ValueError(f"unknown data source {cfg.source!r}")
+        raise ValueError(f"unknown data source {name!r}")

@@ -64,10 +64,13 @@ def evaluate_ranking(
     return result
 
 
-def run(params: Params) -> None:
+def run(params: Params, backbone: str | None = None, dataset: str | None = None) -> None:
+    """Metrics of ``backbone``'s model on ``dataset`` into metrics/<backbone>/<dataset>.json."""
     cfg = params.evaluate
-    gallery = pd.read_parquet(layout.INDEX / "gallery.parquet")
-    queries = pd.read_parquet(layout.INDEX / "queries.parquet")
+    backbone, dataset = params.backbone(backbone), params.dataset(dataset)
+    index_dir = layout.index_dir(backbone, dataset)
+    gallery = pd.read_parquet(index_dir / "gallery.parquet")
+    queries = pd.read_parquet(index_dir / "queries.parquet")
     tasks = json.loads((layout.SPLITS / "tasks.json").read_text())
     n_classes = int(max(tasks["known"] + tasks["unknown"] + [int(queries["category_id"].max())])) + 1
     args = (
@@ -85,13 +88,14 @@ def run(params: Params) -> None:
     # Excluding same-image items shortens lists: fetch enough to still fill topk.
     per_image = int(gallery.groupby("image_id").size().max())
     fetch = cfg.topk + (per_image if cfg.exclude_same_image else 0)
-    metrics: dict = {"groups": params.groups, "task": params.task, "gallery": len(gallery)}
+    metrics: dict = {"backbone": backbone, "dataset": dataset, "groups": params.groups, "task": params.task, "gallery": len(gallery)}
     for name in EMBEDDINGS:
-        index = faiss.read_index(str(layout.INDEX / name / "gallery.faiss"))
-        ranked = search(index, np.load(layout.INDEX / name / "queries.npy"), fetch)
+        index = faiss.read_index(str(index_dir / name / "gallery.faiss"))
+        ranked = search(index, np.load(index_dir / name / "queries.npy"), fetch)
         metrics[name] = evaluate_ranking(ranked, queries, gallery, labels, masks, cfg.exclude_same_image, cfg.topk)
-    layout.METRICS.mkdir(parents=True, exist_ok=True)
-    (layout.METRICS / "retrieval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    path = layout.metrics_file(backbone, dataset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
     m, p = metrics["model"]["all"], metrics["pretrained"]["all"]
     log.info(
         "evaluate: O-R@1 %.2f (pretrained %.2f), O-mAP %.2f (%.2f), I-R@1 %.2f (%.2f), I-mAP %.2f (%.2f)",

@@ -56,17 +56,18 @@ def image_objects(image: np.ndarray, extractor: Extractor, cfg: ExtractParams) -
     return {"boxes": boxes, "scores": scores, "crops": crops}
 
 
-def run(params: Params) -> None:
+def run(params: Params, dataset: str | None = None) -> None:
+    name = params.dataset(dataset)
     cfg = params.extract
     extractor = build_extractor(cfg)
-    out = layout.OBJECTS
+    out = layout.objects_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     for stale in list(out.glob("*.parquet")) + list(out.glob("*.tmp")):
         stale.unlink()
     summary: dict = {"extractor": cfg.extractor, "splits": {}}
     next_id = 0
     for split in layout.SPLIT_NAMES:
-        table = load_split(layout.DATASET / f"{split}.json")
+        table = load_split(layout.dataset_dir(name) / f"{split}.json")
         writer = ShardWriter(out, split, cfg.shard_rows)
         skipped: list[str] = []
         n_objects = 0

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 EMBEDDINGS = ("model", "pretrained")
 
 
-def query_crops(params: Params) -> tuple[pd.DataFrame, list[np.ndarray]]:
+def query_crops(params: Params, dataset: str) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """Ground-truth boxes of the test images as queries, cropped like the gallery objects."""
-    test = load_split(layout.DATASET / "test.json")
+    test = load_split(layout.dataset_dir(dataset) / "test.json")
     boxes_by_image = dict(tuple(test.boxes.groupby("image_id", sort=False)))
     rows, crops = [], []
     for im in tqdm(test.images.itertuples(index=False), total=len(test.images), desc="query crops", unit="img"):
@@ -64,14 +64,16 @@ def build_index(vectors: np.ndarray, kind: str) -> faiss.Index:
     return index
 
 
-def run(params: Params) -> None:
-    out = layout.INDEX
-    model, meta = load_model(layout.MODELS / "model.pt")
+def run(params: Params, backbone: str | None = None, dataset: str | None = None) -> None:
+    """Index the test gallery of ``dataset`` with the model of ``backbone`` (defaults: train_on, first backbone)."""
+    backbone, dataset = params.backbone(backbone), params.dataset(dataset)
+    out = layout.index_dir(backbone, dataset)
+    model, meta = load_model(layout.model_dir(backbone) / "model.pt")
     size = meta["input_size"]
-    gallery = read_objects(layout.OBJECTS, "test", columns=["object_id", "image_id", *BOX_COLUMNS, "area", "score", "crop"])
+    gallery = read_objects(layout.objects_dir(dataset), "test", columns=["object_id", "image_id", *BOX_COLUMNS, "area", "score", "crop"])
     if len(gallery) == 0:
         raise ValueError("the gallery is empty: no objects were extracted from the test images")
-    queries, q_crops = query_crops(params)
+    queries, q_crops = query_crops(params, dataset)
     if len(queries) == 0:
         raise ValueError("no queries: the test images have no usable ground-truth boxes")
     g_tensor = decode_to_tensor(gallery["crop"].tolist(), size)

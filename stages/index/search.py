@@ -48,19 +48,21 @@ def query_crop(image_path: Path, box: tuple[float, float, float, float] | None, 
     return crop_boxes(image, clipped, crop_size)[0]
 
 
-def search(crop: np.ndarray, k: int, embedding: str = "model") -> list[Hit]:
-    """The k gallery objects nearest to a query crop (RGB uint8), with the 'model' or 'pretrained' embedding."""
-    index_file = layout.INDEX / embedding / "gallery.faiss"
+def search(crop: np.ndarray, k: int, backbone: str, dataset: str, embedding: str = "model") -> list[Hit]:
+    """The k gallery objects of ``dataset`` nearest to a query crop (RGB uint8), with ``backbone``'s
+    'model' (trained) or 'pretrained' embedding."""
+    index_dir = layout.index_dir(backbone, dataset)
+    index_file = index_dir / embedding / "gallery.faiss"
     if not index_file.exists():
         raise UserError(f"no index at {index_file}: build it first with `dvc repro` (or `python -m stages index`)")
-    model, meta = load_model(layout.MODELS / "model.pt")
+    model, meta = load_model(layout.model_dir(backbone) / "model.pt")
     if embedding == "pretrained":
         model = pretrained_model(meta)
     q = model.embed(crops_to_tensor([crop], meta["input_size"]).float().div_(255)).numpy()
     index = faiss.read_index(str(index_file))
     dist, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
-    gallery = pd.read_parquet(layout.INDEX / "gallery.parquet")
-    paths = load_split(layout.DATASET / "test.json").images.set_index("image_id")["path"]
+    gallery = pd.read_parquet(index_dir / "gallery.parquet")
+    paths = load_split(layout.dataset_dir(dataset) / "test.json").images.set_index("image_id")["path"]
     hits = []
     for rank, (r, d) in enumerate(zip(rows[0], dist[0]), start=1):
         if r < 0:

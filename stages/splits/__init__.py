@@ -35,7 +35,7 @@ def training_objects(objects: pd.DataFrame, gt: pd.DataFrame, known_ids: np.ndar
 def run(params: Params) -> None:
     out = layout.SPLITS
     out.mkdir(parents=True, exist_ok=True)
-    train = load_split(layout.DATASET / "train.json")
+    train = load_split(layout.dataset_dir(params.train_on) / "train.json")
     cats = train.categories
     task_index = task_of_categories(cats["name"].tolist())
     known = known_mask(task_index, params.task)
@@ -47,7 +47,7 @@ def run(params: Params) -> None:
         "unknown": cats["category_id"].to_numpy(np.int64)[~known].tolist(),
     }
     (out / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
-    objects = read_objects(layout.OBJECTS, "train", columns=["object_id", "image_id", *BOX_COLUMNS, "area"])
+    objects = read_objects(layout.objects_dir(params.train_on), "train", columns=["object_id", "image_id", *BOX_COLUMNS, "area"])
     keep = training_objects(objects, train.boxes, known_ids)
     chosen = objects.loc[keep, ["object_id", "image_id", "area"]].reset_index(drop=True)
     chosen.to_parquet(out / "train_objects.parquet", index=False)

@@ -19,11 +19,11 @@ from stages.train.model import build_student, save_model
 log = logging.getLogger(__name__)
 
 
-def load_training_crops(input_size: int) -> tuple[pd.DataFrame, "torch.Tensor"]:
+def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFrame, "torch.Tensor"]:
     """Training objects (splits stage) joined with their scale group and decoded crops."""
     chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id"])
     groups = pd.read_parquet(layout.GROUPS / "assignment.parquet")
-    shards = read_objects(layout.OBJECTS, "train", columns=["object_id", "crop"])
+    shards = read_objects(objects_dir, "train", columns=["object_id", "crop"])
     table = chosen.merge(groups, on="object_id", how="left", validate="one_to_one")
     table = table.merge(shards, on="object_id", how="inner", validate="one_to_one")
     if table["group"].isna().any():
@@ -35,10 +35,11 @@ def load_training_crops(input_size: int) -> tuple[pd.DataFrame, "torch.Tensor"]:
 TRAINING_CODE = ("train", "losses", "samplers", "backbones")
 
 
-def fingerprint(params: Params, object_ids: np.ndarray, crops) -> str:
-    """Identity of a training run: its parameters, its exact input crops and the training code
-    (a checkpoint written by other code is not resumed)."""
+def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, crops) -> str:
+    """Identity of a training run: its parameters, backbone, exact input crops and the training
+    code (a checkpoint written by other code is not resumed)."""
     h = hashlib.sha256(json.dumps(params.train.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(backbone.encode())
     package = Path(__file__).resolve().parents[1]
     for path in sorted(p for folder in TRAINING_CODE for p in (package / folder).rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode())
@@ -49,15 +50,17 @@ def fingerprint(params: Params, object_ids: np.ndarray, crops) -> str:
     return h.hexdigest()
 
 
-def run(params: Params, stop_after: int | None = None) -> None:
+def run(params: Params, backbone: str | None = None, stop_after: int | None = None) -> None:
+    """Train ``backbone`` (default: the first of ``backbones``) into ``models/<backbone>/``."""
     from stages.train.loop import LOG_COLUMNS, train_model
 
     cfg = params.train
-    out = layout.MODELS
+    backbone = params.backbone(backbone)
+    out = layout.model_dir(backbone)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "method": cfg.method,
-        "backbone": cfg.backbone,
+        "backbone": backbone,
         "n_heads": {"none": 0, "ms_ugcml": params.groups}.get(cfg.method, 1),
         "embed_head": cfg.embed_head,
         "teacher_dim": cfg.teacher_dim,
@@ -65,10 +68,10 @@ def run(params: Params, stop_after: int | None = None) -> None:
         "input_size": cfg.input_size,
     }
     if cfg.method == "none":
-        model = build_student(cfg.backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size)
+        model = build_student(backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size)
         (out / "train_log.tsv").write_text("\t".join(LOG_COLUMNS) + "\n")
     else:
-        table, crops = load_training_crops(cfg.input_size)
+        table, crops = load_training_crops(layout.objects_dir(params.train_on), cfg.input_size)
         if len(table) == 0:
             raise ValueError("no training objects: check the extract and splits stages")
         log.info("train: %s on %d training crops, %d steps", cfg.method, len(table), cfg.steps)
@@ -80,8 +83,9 @@ def run(params: Params, stop_after: int | None = None) -> None:
             params.seed,
             out / "checkpoint.pt",
             out / "train_log.tsv",
-            fingerprint(params, table["object_id"].to_numpy(), crops),
+            fingerprint(params, backbone, table["object_id"].to_numpy(), crops),
             stop_after=stop_after,
+            backbone=backbone,
         )
         model = result.student
         if stop_after is not None and stop_after < cfg.steps:

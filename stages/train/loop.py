@@ -20,6 +20,7 @@ import torch
 from adamp import AdamP
 from tqdm import tqdm
 
+from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
 from stages.losses import (
     collaborative_distillation,
@@ -175,16 +176,17 @@ def train_model(
     log_path: Path,
     fingerprint: str,
     stop_after: int | None = None,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> TrainResult:
     """Train ``cfg.method`` (ms_ugcml, stml, ntxent) on uint8 crops [N, 3, S, S].
 
     ``group_of`` [N] is each crop's scale group (ms_ugcml has one head per group; stml and ntxent
-    use one group). ``stop_after`` stops early as a crash would (tests).
+    use one group). ``stop_after`` stops early as a crash would (tests). ``backbone`` is a registry name.
     """
     if cfg.method != "ms_ugcml":
         group_of, n_groups = np.zeros(len(crops), dtype=np.int64), 1
     gen = seed_everything(seed)
-    student = build_student(cfg.backbone, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head)
+    student = build_student(backbone, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head)
     teacher = TeacherModel(student).eval()
     opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))

@@ -14,6 +14,9 @@ from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
+METRICS = "metrics/efficientnet_lite0/synthetic.json"
+DATASET = "data/synthetic/dataset"
+MODEL = "models/efficientnet_lite0"
 
 
 def sh(cwd: Path, *args: str) -> str:
@@ -57,8 +60,9 @@ def repo(tmp_path_factory) -> Path:
 
 def test_repro_runs_the_dag_then_is_a_no_op(repo):
     sh(repo, "dvc", "repro")
-    metrics = json.loads((repo / "metrics/retrieval.json").read_text())
+    metrics = json.loads((repo / METRICS).read_text())
     assert metrics["groups"] == 4 and metrics["task"] == 2
+    assert metrics["backbone"] == "efficientnet_lite0" and metrics["dataset"] == "synthetic"
     for name in ("model", "pretrained"):
         for subset in ("all", "known", "unknown", "size_0-20", "size_100+"):
             assert set(metrics[name][subset]) >= {"queries", "O-R@1", "O-mAP", "I-R@1", "I-mAP"}
@@ -67,18 +71,35 @@ def test_repro_runs_the_dag_then_is_a_no_op(repo):
     assert (repo / "data/groups/area_hist.png").stat().st_size > 1000
     again = sh(repo, "dvc", "repro")
     assert "didn't change" in again or "up to date" in again
-    for stage in ("data", "extract", "train", "evaluate"):
-        assert f"Running stage '{stage}'" not in again
+    for stage in ("data@", "extract@", "splits", "groups", "train@", "index@", "evaluate@"):
+        assert f"Running stage '{stage}" not in again
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline run")
 
 
+def test_push_then_pull_in_a_fresh_clone_is_up_to_date(repo, tmp_path):
+    remote = tmp_path / "remote"
+    sh(repo, "dvc", "remote", "add", "-d", "shared", str(remote))
+    sh(repo, "dvc", "push")
+    assert any(remote.rglob("*")), "dvc push wrote nothing to the remote"
+    sh(repo, "git", "commit", "-qam", "remote")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    pulled = sh(clone, "dvc", "pull")
+    assert (clone / METRICS).exists() and (clone / MODEL / "model.pt").exists()
+    assert "fetched" in pulled.lower() or "added" in pulled.lower()
+    again = sh(clone, "dvc", "repro")
+    assert "Running stage" not in again, again
+    status = sh(clone, "dvc", "status")
+    assert "up to date" in status, status
+
+
 def test_search_command(repo):
-    test = json.loads((repo / "data/dataset/test.json").read_text())
+    test = json.loads((repo / DATASET / "test.json").read_text())
     ann = test["annotations"][0]
     image = next(im for im in test["images"] if im["id"] == ann["image_id"])
     x, y, w, h = ann["bbox"]
-    path = str(repo / "data/dataset" / image["file_name"])
+    path = str(repo / DATASET / image["file_name"])
     out = sh(repo, "python", "-m", "stages", "search", path, "--box", str(x), str(y), str(x + w), str(y + h), "-k", "3", "-o", "hits.png")
     rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 3 and (repo / "hits.png").stat().st_size > 1000
@@ -90,25 +111,25 @@ def test_search_command(repo):
 
 def test_exp_run_groups_reruns_from_groups_only(repo):
     out = sh(repo, "dvc", "exp", "run", "-S", "groups=5")
-    assert "Running stage 'groups'" in out and "Running stage 'evaluate'" in out
-    for stage in ("data", "extract", "splits"):
-        assert f"Running stage '{stage}'" not in out
-    assert json.loads((repo / "metrics/retrieval.json").read_text())["groups"] == 5
+    assert "Running stage 'groups'" in out and "Running stage 'evaluate@efficientnet_lite0-synthetic'" in out
+    for stage in ("data@", "extract@", "splits"):
+        assert f"Running stage '{stage}" not in out
+    assert json.loads((repo / METRICS).read_text())["groups"] == 5
     assert json.loads((repo / "data/groups/boundaries.json").read_text())["groups"] == 5
     diff = sh(repo, "dvc", "metrics", "diff", "--md")
-    assert "groups" in diff and "retrieval.json" in diff
+    assert "groups" in diff and METRICS in diff
     sh(repo, "git", "checkout", "--", "params.yaml")
 
 
 def test_exp_run_ms_ugcml_trains_one_head_per_group(repo):
     out = sh(repo, "dvc", "exp", "run", "-S", "train.method=ms_ugcml")
-    assert "Running stage 'train'" in out
-    for stage in ("data", "extract", "splits", "groups"):
-        assert f"Running stage '{stage}'" not in out
-    log = [line.split("\t") for line in (repo / "models/train_log.tsv").read_text().splitlines()]
+    assert "Running stage 'train@efficientnet_lite0'" in out
+    for stage in ("data@", "extract@", "splits", "groups"):
+        assert f"Running stage '{stage}" not in out
+    log = [line.split("\t") for line in (repo / MODEL / "train_log.tsv").read_text().splitlines()]
     ckd = [float(row[log[0].index("ckd")]) for row in log[1:]]
     assert len(ckd) == 4 and any(c > 0 for c in ckd)
-    params = json.loads((repo / "models/params.json").read_text())
+    params = json.loads((repo / MODEL / "params.json").read_text())
     assert params["train"]["method"] == "ms_ugcml" and params["groups"] == 4
     shown = sh(repo, "dvc", "exp", "show", "--md")
     assert "ms_ugcml" in shown

@@ -15,7 +15,7 @@ from stages.shards import read_objects
 @pytest.fixture
 def dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    root = tmp_path / layout.DATASET
+    root = tmp_path / layout.dataset_dir("synthetic")
     (root / "img").mkdir(parents=True)
     scene = np.full((96, 128, 3), 200, np.uint8)
     cv2.rectangle(scene, (10, 10), (40, 50), (0, 0, 255), -1)
@@ -38,18 +38,18 @@ def dataset(tmp_path, monkeypatch):
 def test_bad_images_are_skipped_and_counted(dataset):
     params = Params.model_validate({"extract": {"crop_size": 16, "shard_rows": 7}})
     run(params)
-    summary = json.loads((dataset / layout.OBJECTS / "summary.json").read_text())
+    summary = json.loads((dataset / layout.objects_dir("synthetic") / "summary.json").read_text())
     for split in layout.SPLIT_NAMES:
         s = summary["splits"][split]
         assert s["images"] == 2 and s["skipped_images"] == 2
         assert any(p.endswith("corrupt.jpg") for p in s["skipped"])
-        objects = read_objects(layout.OBJECTS, split)
+        objects = read_objects(layout.objects_dir("synthetic"), split)
         assert len(objects) == s["objects"] > 0
         assert set(objects["image_id"]) <= {1, 2}
         boxes = objects[["x1", "y1", "x2", "y2"]].to_numpy()
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
         assert (boxes[:, [0, 1]] >= 0).all() and (boxes[:, 2] <= 128).all() and (boxes[:, 3] <= 96).all()
         assert objects["object_id"].is_unique
-    train = read_objects(layout.OBJECTS, "train", columns=["object_id"])
-    test = read_objects(layout.OBJECTS, "test", columns=["object_id"])
+    train = read_objects(layout.objects_dir("synthetic"), "train", columns=["object_id"])
+    test = read_objects(layout.objects_dir("synthetic"), "test", columns=["object_id"])
     assert not set(train["object_id"]) & set(test["object_id"])  # ids unique across splits

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
 from stages.train.augment import random_resized_views
 from stages.train.loop import cosine_lr, mixed_scale_sets, train_model, ugcml_loss
@@ -50,7 +51,7 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path, crops):
 
 
 def test_gradients_reach_backbone_and_every_head(crops):
-    student = build_student(CFG.backbone, 3, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train()
+    student = build_student(DEFAULT_BACKBONE, 3, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train()
     teacher = TeacherModel(student).eval()
     assert all(torch.equal(hd.l.weight, student.heads[0].l.weight) for hd in student.heads)  # shared init
     with torch.no_grad():  # let the heads disagree, as they do after a few steps
