@@ -4,11 +4,51 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from stages import layout
 from stages.config import Params
+from stages.data.coco_json import write_dataset
 
 log = logging.getLogger(__name__)
+
+#: Dataset sources: synthetic (embedded default), the paper's COCO+VOC benchmark and the
+#: evaluation-only generalisation sets (one ``test`` split each).
+SOURCES = ("synthetic", "coco_voc", "lvis", "visual_genome", "belgalogos")
+
+__all__ = ["SOURCES", "build_dataset", "run", "write_dataset"]
+
+
+def build_dataset(name: str, params: Params, out_dir: str | Path) -> dict[str, dict]:
+    """``{split: COCO dict}`` of dataset ``name`` configured by ``params.data.<name>``.
+
+    Real datasets are referenced in place (absolute ``file_name``); only the synthetic
+    source writes images (under ``out_dir/images/``, file names relative to ``out_dir``).
+    Splits: synthetic ``train, test``; coco_voc ``train, val, test``; the others ``test``.
+    """
+    cfg = params.data
+    if name == "synthetic":
+        from stages.data import synthetic
+
+        sizes = {"train": cfg.synthetic.train_images, "test": cfg.synthetic.test_images}
+        return {s: synthetic.generate_split(cfg.synthetic, s, n, params.seed, Path(out_dir)) for s, n in sizes.items()}
+    if name == "coco_voc":
+        from stages.data import coco_voc
+
+        return coco_voc.build(cfg.coco_voc, params.seed)
+    if name == "lvis":
+        from stages.data import lvis
+
+        return lvis.build(cfg.lvis)
+    if name == "visual_genome":
+        from stages.data import visual_genome
+
+        return visual_genome.build(cfg.visual_genome, params.seed)
+    if name == "belgalogos":
+        from stages.data import belgalogos
+
+        return belgalogos.build(cfg.belgalogos)
+    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SOURCES)}")
 
 
 def run(params: Params) -> None:
