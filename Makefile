@@ -15,6 +15,8 @@ repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: install
+	@# real VOC photos + COCO/VOC annotations for tests/data (Debian package; never vendored)
+	@dpkg -s labelme-examples >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq labelme-examples >/dev/null)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 bench: install

@@ -58,6 +58,9 @@ def list_images(folder: Path, what: str) -> dict[str, str]:
 
 def index_folders(folders: list[Path], what: str) -> dict[str, str]:
     """Basename -> absolute path over several folders (the first folder holding a name wins)."""
+    for folder in folders:
+        if not folder.is_dir():
+            raise DatasetError(f"{folder} not found: expected {what}")
     found: dict[str, str] = {}
     for folder in reversed(folders):
         found.update(list_images(folder, what))
