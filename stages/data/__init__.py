@@ -1,9 +1,10 @@
-"""The data stage: materialise a dataset as COCO-format image tables for train and test."""
+"""The data stage: materialise a dataset (synthetic, coco_voc, lvis, visual_genome, belgalogos) as COCO-format tables."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from stages import layout
@@ -19,6 +20,47 @@ SOURCES = ("synthetic", "coco_voc", "lvis", "visual_genome", "belgalogos")
 __all__ = ["SOURCES", "build_dataset", "run", "write_dataset"]
 
 
+def _synthetic(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import synthetic
+
+    cfg = params.data.synthetic
+    sizes = {"train": cfg.train_images, "test": cfg.test_images}
+    return {s: synthetic.generate_split(cfg, s, n, params.seed, out_dir) for s, n in sizes.items()}
+
+
+def _coco_voc(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import coco_voc
+
+    return coco_voc.build(params.data.coco_voc, params.seed)
+
+
+def _lvis(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import lvis
+
+    return lvis.build(params.data.lvis, params.seed)
+
+
+def _visual_genome(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import visual_genome
+
+    return visual_genome.build(params.data.visual_genome, params.seed)
+
+
+def _belgalogos(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import belgalogos
+
+    return belgalogos.build(params.data.belgalogos, params.seed)
+
+
+_BUILDERS: dict[str, Callable[[Params, Path], dict[str, dict]]] = {
+    "synthetic": _synthetic,
+    "coco_voc": _coco_voc,
+    "lvis": _lvis,
+    "visual_genome": _visual_genome,
+    "belgalogos": _belgalogos,
+}
+
+
 def build_dataset(name: str, params: Params, out_dir: str | Path) -> dict[str, dict]:
     """``{split: COCO dict}`` of dataset ``name`` configured by ``params.data.<name>``.
 
@@ -26,29 +68,9 @@ def build_dataset(name: str, params: Params, out_dir: str | Path) -> dict[str, d
     source writes images (under ``out_dir/images/``, file names relative to ``out_dir``).
     Splits: synthetic ``train, test``; coco_voc ``train, val, test``; the others ``test``.
     """
-    cfg = params.data
-    if name == "synthetic":
-        from stages.data import synthetic
-
-        sizes = {"train": cfg.synthetic.train_images, "test": cfg.synthetic.test_images}
-        return {s: synthetic.generate_split(cfg.synthetic, s, n, params.seed, Path(out_dir)) for s, n in sizes.items()}
-    if name == "coco_voc":
-        from stages.data import coco_voc
-
-        return coco_voc.build(cfg.coco_voc, params.seed)
-    if name == "lvis":
-        from stages.data import lvis
-
-        return lvis.build(cfg.lvis)
-    if name == "visual_genome":
-        from stages.data import visual_genome
-
-        return visual_genome.build(cfg.visual_genome, params.seed)
-    if name == "belgalogos":
-        from stages.data import belgalogos
-
-        return belgalogos.build(cfg.belgalogos)
-    raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SOURCES)}")
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SOURCES)}")
+    return _BUILDERS[name](params, Path(out_dir))
 
 
 def run(params: Params) -> None:

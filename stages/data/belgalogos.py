@@ -9,7 +9,8 @@ Files under ``root`` (the dataset's own distribution):
 - ``qset1_internal.qry``: the 55 query logos, ``name image x1 y1 x2 y2`` (``name`` = logo +
   a number, e.g. ``Nike2``); the query images are among the 10,000.
 
-Mapping: categories = the ground-truth logos (ids 1..37 in sorted name order); every
+Mapping: image id = the number of the file name (``00000123.jpg`` -> 123; 1..N in name order
+if the names are not all numbers); categories = the ground-truth logos (ids 1..37 in sorted name order); every
 ground-truth instance is a label-only box (``"query": false``; state-0 instances only with
 ``include_junk``); each query is a box of its logo with ``query`` true.  Because the local
 ground truth boxes every instance, the evaluation is object-level *and* image-level (the
@@ -77,8 +78,8 @@ def query_logos(names: pd.Series, logos: list[str], source: str) -> pd.Series:
     return logo
 
 
-def build(cfg: BelgaLogosParams) -> dict[str, dict]:
-    """``{"test": coco dict}`` of BelgaLogos."""
+def build(cfg: BelgaLogosParams, seed: int = 0) -> dict[str, dict]:
+    """``{"test": coco dict}`` of BelgaLogos (deterministic: ``seed`` is unused)."""
     root = require_path(cfg.root, "data.belgalogos.root", "the BelgaLogos folder (images/, qset3_internal_and_local.gt)")
     gt = read_ground_truth(root / cfg.ground_truth)
     qry = read_queries(root / cfg.queries)
@@ -91,9 +92,14 @@ def build(cfg: BelgaLogosParams) -> dict[str, dict]:
         if missing:
             raise DatasetError(f"{root / src}: {len(missing)} {what} images not in {root / 'images'} (e.g. {missing[:3]})")
     sizes = image_sizes([files[n] for n in names])
+    stems = [Path(n).stem for n in names]
+    if all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
+        ids = np.asarray([int(s) for s in stems], np.int64)  # 00000123.jpg -> 123
+    else:
+        ids = np.arange(1, len(names) + 1, dtype=np.int64)
     images = pd.DataFrame(
         {
-            "image_id": np.arange(1, len(names) + 1, dtype=np.int64),
+            "image_id": ids,
             "file_name": [files[n] for n in names],
             "width": sizes[:, 0],
             "height": sizes[:, 1],
@@ -104,7 +110,7 @@ def build(cfg: BelgaLogosParams) -> dict[str, dict]:
     if unreadable.any():
         log.warning("belgalogos: %d unreadable images skipped (%s ...)", int(unreadable.sum()), ", ".join(np.array(names)[unreadable][:5]))
         images = images[~unreadable]
-    image_id = pd.Series(np.arange(1, len(names) + 1), index=names)
+    image_id = pd.Series(ids, index=names)
     logos = sorted(gt["logo"].unique())
     logo_id = pd.Series(np.arange(1, len(logos) + 1), index=logos)
     if not cfg.include_junk:

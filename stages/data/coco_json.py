@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.data.files import BOX_COLUMNS, IMAGE_COLUMNS, boxes_frame, resolve_images
+from stages.data.files import BOX_COLUMNS, IMAGE_COLUMNS, boxes_frame, list_images, resolve_images
 from stages.data.table import DatasetError
 
 
@@ -114,8 +114,6 @@ def read_coco_instances(
 
 def _resolve_relative(images: pd.DataFrame, names: pd.Series, image_dir: Path, source: str) -> pd.DataFrame:
     """Resolve file names relative to image_dir: one scandir for bare names, stat otherwise."""
-    from stages.data.files import list_images
-
     if names.str.contains("/", regex=False).any():
         root = image_dir.resolve()
         if not root.is_dir():

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 EXPECTED = "the LVIS v1 val annotations (images with coco_url, annotations, categories)"
 
 
-def build(cfg: LvisParams) -> dict[str, dict]:
-    """``{"test": coco dict}`` of LVIS val."""
+def build(cfg: LvisParams, seed: int = 0) -> dict[str, dict]:
+    """``{"test": coco dict}`` of LVIS val (deterministic: ``seed`` is unused)."""
     path = require_path(cfg.annotations, "data.lvis.annotations", "the path of lvis_v1_val.json")
     if not cfg.image_dirs:
         raise DatasetError("data.lvis.image_dirs is empty: expected the COCO image folders (e.g. coco/val2017)")
@@ -54,9 +54,9 @@ def build(cfg: LvisParams) -> dict[str, dict]:
         raise DatasetError(f"{path}: malformed LVIS entry ({type(exc).__name__}: {exc}): expected {EXPECTED}") from None
     if (urls == "").any():
         raise DatasetError(f"{path}: an image has neither coco_url nor file_name: expected {EXPECTED}")
-    parts = urls.str.rsplit("/", n=2, expand=True).reindex(columns=[0, 1, 2])
-    basenames = parts[2].fillna(urls)
-    folders = parts[1].fillna("")
+    parts = urls.str.split("/")
+    basenames = parts.str[-1]
+    folders = parts.str[-2].fillna("")
     images["n_source_boxes"] = images["image_id"].map(boxes["image_id"].value_counts()).fillna(0).astype(np.int64)
     keep = np.ones(len(images), bool)
     if cfg.coco_folders:

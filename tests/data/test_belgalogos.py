@@ -53,6 +53,7 @@ def test_gallery_queries_and_ground_truth(belga):
     test = out["test"]
     assert list(out) == ["test"]
     assert [Path(i["file_name"]).name for i in test["images"]] == IMAGES
+    assert [i["id"] for i in test["images"]] == [1, 2, 5, 17, 230, 4080, 9999, 10000]  # file numbers
     for im in test["images"]:
         assert cv2.imread(im["file_name"]).shape[:2] == (im["height"], im["width"])
     cats = {c["id"]: c["name"] for c in test["categories"]}

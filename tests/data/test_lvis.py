@@ -75,14 +75,14 @@ def test_missing_image_warns_and_missing_file_names_it(lvis_files, tmp_path, cap
     only.mkdir()
     os.symlink(coco / "val2017" / "000000397133.jpg", only / "000000397133.jpg")
     with caplog.at_level(logging.WARNING):
-        out = lvis.build(LvisParams(annotations=str(path), image_dirs=(str(only),)))["test"]
+        out = lvis.build(LvisParams(annotations=str(path), image_dirs=(str(only),)), 0)["test"]
     assert [i["id"] for i in out["images"]] == [397133]
     assert "1 of 2 images not found and skipped (000000252219.jpg" in caplog.text
     with pytest.raises(DatasetError, match=r"lvis_v1_val\.json not found: expected the path of lvis_v1_val\.json"):
-        lvis.build(LvisParams(annotations=str(tmp_path / "lvis_v1_val.json"), image_dirs=(str(only),)))
+        lvis.build(LvisParams(annotations=str(tmp_path / "lvis_v1_val.json"), image_dirs=(str(only),)), 0)
     with pytest.raises(DatasetError, match=r"data\.lvis\.image_dirs is empty"):
-        lvis.build(LvisParams(annotations=str(path)))
+        lvis.build(LvisParams(annotations=str(path)), 0)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
     with pytest.raises(DatasetError, match=r"bad\.json: malformed LVIS entry \(KeyError: 'width'\)"):
-        lvis.build(LvisParams(annotations=str(bad), image_dirs=(str(only),)))
+        lvis.build(LvisParams(annotations=str(bad), image_dirs=(str(only),)), 0)
