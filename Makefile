@@ -14,7 +14,10 @@ install: $(BIN)/python
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# `test` also installs the Debian package labelme-examples (real VOC photos with COCO and VOC
+# annotations, read by tests/data; never vendored).
 test: install
+	@dpkg -s labelme-examples >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq labelme-examples >/dev/null)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 bench: install

@@ -49,10 +49,59 @@ class SyntheticParams(_Strict):
         return self
 
 
+class CocoVocParams(_Strict):
+    """The paper's benchmark: COCO 2017 + VOC 2007 (datasets are read in place, never copied)."""
+
+    coco_root: str | None = Field(None, description="folder with annotations/instances_{train,val}2017.json and {train,val}2017/ images")
+    voc_root: str | None = Field(None, description="the VOCdevkit/VOC2007 folder (Annotations/, ImageSets/Main/, JPEGImages/)")
+    coco_train: str = Field("train2017", description="COCO set of the training split (annotations/instances_<set>.json, <set>/)")
+    coco_test: str = Field("val2017", description="COCO set of the test split")
+    voc_train: tuple[str, ...] = Field(("trainval",), description="VOC image sets of the training split (ImageSets/Main/<set>.txt)")
+    voc_test: tuple[str, ...] = Field(("test",), description="VOC image sets of the test split")
+    val_images: int = Field(2000, ge=0, description="seeded validation subset drawn from (and removed from) the training images")
+    include_difficult: bool = Field(True, description="VOC 'difficult' objects are queries (paper count); false: label-only boxes")
+    crowd_queries: bool = Field(True, description="COCO crowd regions are queries (paper count); false: label-only boxes")
+    drop_unannotated_test: bool = Field(True, description="drop test images without any annotation (paper: 9,904 test images)")
+
+
+class LvisParams(_Strict):
+    """LVIS v1 val (evaluation only): 1,203 classes on COCO images."""
+
+    annotations: str | None = Field(None, description="path of lvis_v1_val.json")
+    image_dirs: tuple[str, ...] = Field((), description="COCO image folders searched by file name (e.g. coco/val2017, coco/train2017)")
+    coco_folders: tuple[str, ...] = Field(("val2017",), description="keep images whose coco_url folder is listed (train2017 ones overlap COCO+VOC training); empty: all")
+    drop_unannotated: bool = Field(True, description="drop images without any LVIS box")
+
+
+class VisualGenomeParams(_Strict):
+    """Visual Genome (evaluation only): every object labels the gallery, a seeded sample are queries."""
+
+    root: str | None = Field(None, description="folder with objects.json, image_data.json and the image folders")
+    image_dirs: tuple[str, ...] = Field(("VG_100K", "VG_100K_2"), description="image folders (relative to root or absolute)")
+    max_images: int | None = Field(None, ge=1, description="seeded subset of images (null: all 108k)")
+    min_side: int = Field(32, ge=1, description="a query box has both sides >= this (pixels)")
+    min_images: int = Field(2, ge=1, description="a query's class occurs in at least this many images")
+    max_per_class: int | None = Field(None, ge=1, description="at most this many queries per class (null: no cap)")
+    max_queries: int = Field(80_000, ge=1, description="seeded sample of this many queries (paper: 79,921)")
+
+
+class BelgaLogosParams(_Strict):
+    """BelgaLogos (evaluation only): 10k press photos, 55 query logos, boxed logo instances."""
+
+    root: str | None = Field(None, description="folder with images/, qset3_internal_and_local.gt and qset1_internal.qry")
+    queries: str = Field("qset1_internal.qry", description="query list (name image x1 y1 x2 y2), relative to root")
+    ground_truth: str = Field("qset3_internal_and_local.gt", description="logo instances (id logo image type state x1 y1 x2 y2), relative to root")
+    include_junk: bool = Field(True, description="keep partly visible instances (state 0) as ground truth")
+
+
 class DataParams(_Strict):
     """One section per dataset source; the ``datasets`` list says which ones the pipeline uses."""
 
     synthetic: SyntheticParams = SyntheticParams()
+    coco_voc: CocoVocParams = CocoVocParams()
+    lvis: LvisParams = LvisParams()
+    visual_genome: VisualGenomeParams = VisualGenomeParams()
+    belgalogos: BelgaLogosParams = BelgaLogosParams()
 
 
 class GraphExtractorParams(_Strict):

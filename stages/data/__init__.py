@@ -1,14 +1,76 @@
-"""The data stage: materialise a dataset as COCO-format image tables for train and test."""
+"""The data stage: materialise a dataset (synthetic, coco_voc, lvis, visual_genome, belgalogos) as COCO-format tables."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 from stages import layout
 from stages.config import Params
+from stages.data.coco_json import write_dataset
 
 log = logging.getLogger(__name__)
+
+#: Dataset sources: synthetic (embedded default), the paper's COCO+VOC benchmark and the
+#: evaluation-only generalisation sets (one ``test`` split each).
+SOURCES = ("synthetic", "coco_voc", "lvis", "visual_genome", "belgalogos")
+
+__all__ = ["SOURCES", "build_dataset", "run", "write_dataset"]
+
+
+def _synthetic(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import synthetic
+
+    cfg = params.data.synthetic
+    sizes = {"train": cfg.train_images, "test": cfg.test_images}
+    return {s: synthetic.generate_split(cfg, s, n, params.seed, out_dir) for s, n in sizes.items()}
+
+
+def _coco_voc(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import coco_voc
+
+    return coco_voc.build(params.data.coco_voc, params.seed)
+
+
+def _lvis(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import lvis
+
+    return lvis.build(params.data.lvis, params.seed)
+
+
+def _visual_genome(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import visual_genome
+
+    return visual_genome.build(params.data.visual_genome, params.seed)
+
+
+def _belgalogos(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import belgalogos
+
+    return belgalogos.build(params.data.belgalogos, params.seed)
+
+
+_BUILDERS: dict[str, Callable[[Params, Path], dict[str, dict]]] = {
+    "synthetic": _synthetic,
+    "coco_voc": _coco_voc,
+    "lvis": _lvis,
+    "visual_genome": _visual_genome,
+    "belgalogos": _belgalogos,
+}
+
+
+def build_dataset(name: str, params: Params, out_dir: str | Path) -> dict[str, dict]:
+    """``{split: COCO dict}`` of dataset ``name`` configured by ``params.data.<name>``.
+
+    Real datasets are referenced in place (absolute ``file_name``); only the synthetic
+    source writes images (under ``out_dir/images/``, file names relative to ``out_dir``).
+    Splits: synthetic ``train, test``; coco_voc ``train, val, test``; the others ``test``.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SOURCES)}")
+    return _BUILDERS[name](params, Path(out_dir))
 
 
 def run(params: Params, dataset: str | None = None) -> None:
