@@ -94,6 +94,9 @@ class BelgaLogosParams(_Strict):
     include_junk: bool = Field(True, description="keep partly visible instances (state 0) as ground truth")
 
 
+TRAINABLE_SOURCES = ("synthetic", "coco_voc")  # sources with a train split (the others: test only)
+
+
 class DataParams(_Strict):
     """One section per dataset source; the ``datasets`` list says which ones the pipeline uses."""
 
@@ -201,6 +204,8 @@ class Params(_Strict):
             raise ValueError(f"datasets: unknown source(s) {unknown}; valid: {sources}")
         if self.train_on not in self.datasets:
             raise ValueError(f"train_on: {self.train_on!r} is not one of datasets {list(self.datasets)}")
+        if self.train_on not in TRAINABLE_SOURCES:
+            raise ValueError(f"train_on: {self.train_on!r} is evaluation-only (no train split); use one of {list(TRAINABLE_SOURCES)}")
         return self
 
     def dataset(self, name: str | None) -> str:

@@ -19,7 +19,14 @@ GROUPS = DATA / "groups"  # assignment.parquet + boundaries.json + area_hist.png
 MODELS = Path("models")
 INDEX = Path("index")
 METRICS = Path("metrics")
-SPLIT_NAMES = ("train", "test")
+SPLIT_ORDER = ("train", "val", "test")  # canonical order of a dataset's splits (object ids follow it)
+
+
+def dataset_splits(dataset: str) -> list[str]:
+    """The splits a dataset's data stage wrote (``{split}.json``), in :data:`SPLIT_ORDER`."""
+    found = {p.stem for p in dataset_dir(dataset).glob("*.json")}
+    rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    return sorted(found, key=lambda s: (rank.get(s, len(rank)), s))
 
 
 def dataset_dir(dataset: str) -> Path:

@@ -32,7 +32,7 @@ def test_missing_upstream_output_is_a_message(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     res = runner.invoke(app, ["extract"])
     assert res.exit_code == 2
-    assert "dataset file not found" in res.output and "data stage" in res.output
+    assert "no dataset tables" in res.output and "data stage" in res.output
 
 
 def test_params_command_documents_every_key(tmp_path):

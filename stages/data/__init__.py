@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -75,17 +74,13 @@ def build_dataset(name: str, params: Params, out_dir: str | Path) -> dict[str, d
 
 def run(params: Params, dataset: str | None = None) -> None:
     """Write ``data/<dataset>/dataset/{split}.json`` (and the images of generated sources)."""
-    from stages.data import synthetic
-
     name = params.dataset(dataset)
     out = layout.dataset_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
-    if name == "synthetic":
-        cfg = params.data.synthetic
-        sizes = {"train": cfg.train_images, "test": cfg.test_images}
-        for split, n in sizes.items():
-            coco = synthetic.generate_split(cfg, split, n, params.seed, out)
-            (out / f"{split}.json").write_text(json.dumps(coco))
-            log.info("data: %s split: %d images, %d objects", split, len(coco["images"]), len(coco["annotations"]))
-    else:  # pragma: no cover - guarded by the parameter model
-        raise ValueError(f"unknown data source {name!r}")
+    splits = build_dataset(name, params, out)
+    write_dataset(splits, out)
+    for split, coco in splits.items():
+        queries = sum(1 for a in coco["annotations"] if a.get("query", True))
+        log.info(
+            "data: %s/%s: %d images, %d boxes (%d queries), %d classes",
+            name, split, len(coco["images"]), len(coco["annotations"]), queries, len(coco["categories"]),
+        )

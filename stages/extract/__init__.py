@@ -66,7 +66,10 @@ def run(params: Params, dataset: str | None = None) -> None:
         stale.unlink()
     summary: dict = {"extractor": cfg.extractor, "splits": {}}
     next_id = 0
-    for split in layout.SPLIT_NAMES:
+    splits = layout.dataset_splits(name)
+    if not splits:
+        raise FileNotFoundError(f"no dataset tables in {layout.dataset_dir(name)}; run the data stage")
+    for split in splits:
         table = load_split(layout.dataset_dir(name) / f"{split}.json")
         writer = ShardWriter(out, split, cfg.shard_rows)
         skipped: list[str] = []

@@ -30,7 +30,7 @@ def dataset(tmp_path, monkeypatch):
         {"id": 4, "file_name": "img/missing.png", "width": 64, "height": 64},
     ]
     coco = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
-    for split in layout.SPLIT_NAMES:
+    for split in ("train", "test"):
         (root / f"{split}.json").write_text(json.dumps(coco))
     return tmp_path
 
@@ -39,7 +39,7 @@ def test_bad_images_are_skipped_and_counted(dataset):
     params = Params.model_validate({"extract": {"crop_size": 16, "shard_rows": 7}})
     run(params)
     summary = json.loads((dataset / layout.objects_dir("synthetic") / "summary.json").read_text())
-    for split in layout.SPLIT_NAMES:
+    for split in ("train", "test"):
         s = summary["splits"][split]
         assert s["images"] == 2 and s["skipped_images"] == 2
         assert any(p.endswith("corrupt.jpg") for p in s["skipped"])
