@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import warnings
 import zipfile
 
 import torch
@@ -134,7 +135,9 @@ def _load_file(path: Path) -> object:
 
         return load_file(path, device="cpu")
     if _is_torchscript(path):
-        return torch.jit.load(path, map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # TorchScript is deprecated, OpenAI's CLIP files are still in it
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(path, map_location="cpu").state_dict()
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
