@@ -127,7 +127,7 @@ class BackboneOptions(_Strict):
     """Per-backbone overrides (``backbone_options.<name>`` in params.yaml)."""
 
     weights: str | None = Field(None, description="checkpoint file of the init (path; nothing is downloaded)")
-    init: Literal["mocov3", "clip", "imagenet", "none"] | None = Field(
+    init: Literal["mocov3", "clip", "imagenet", "none", None] = Field(
         None, description="initialisation (vit_b16: mocov3|clip|imagenet|none; others: imagenet|none); null: the backbone's default"
     )
     lr: float | None = Field(None, gt=0, description="peak learning rate; null: the backbone's default (paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)")
