@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 
 from stages.errors import UserError
@@ -175,6 +175,16 @@ class EvaluateParams(_Strict):
     exclude_same_image: bool = Field(True, description="drop gallery objects of the query's own image (paper: false)")
 
 
+class BackboneOptions(_Strict):
+    """Per-backbone overrides (``backbone_options.<name>`` in params.yaml)."""
+
+    weights: str | None = Field(None, description="checkpoint file of the init (path; nothing is downloaded)")
+    init: Literal["mocov3", "clip", "imagenet", "none", None] = Field(
+        None, description="initialisation (vit_b16: mocov3|clip|imagenet|none; others: imagenet|none); null: the backbone's default"
+    )
+    lr: float | None = Field(None, gt=0, description="peak learning rate; null: the backbone's default (paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)")
+
+
 class Params(_Strict):
     seed: int = Field(0, description="global seed: same seed, same params, same metrics")
     datasets: tuple[str, ...] = Field(
@@ -191,6 +201,19 @@ class Params(_Strict):
     train: TrainParams = TrainParams()
     index: IndexParams = IndexParams()
     evaluate: EvaluateParams = EvaluateParams()
+    backbone_options: dict[str, BackboneOptions] = Field(
+        {}, description="per-backbone overrides keyed by backbone name (weights, init, lr)"
+    )
+
+    @field_validator("backbone_options")
+    @classmethod
+    def _known_backbones(cls, options: dict[str, BackboneOptions]) -> dict[str, BackboneOptions]:
+        if options:
+            from stages.backbones import check_init  # torch/timm: imported only when options are given
+
+            for name, opt in options.items():
+                check_init(name, opt.init)  # ValueError naming the backbone and the valid names/inits
+        return options
 
     @model_validator(mode="after")
     def _axes(self) -> "Params":
@@ -246,6 +269,11 @@ def describe_params(model: type[BaseModel], prefix: str = "") -> list[str]:
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines.extend(describe_params(ann, key + "."))
+            continue
+        value = get_args(ann)[-1] if get_origin(ann) is dict else None
+        if isinstance(value, type) and issubclass(value, BaseModel):  # a map of name -> options
+            lines.append(f"{key + '.<name>':34s} {'mapping':24s} default {field.default!r:18s} {field.description or ''}")
+            lines.extend(describe_params(value, key + ".<name>."))
             continue
         if get_origin(ann) is Literal:
             kind = "|".join(str(a) for a in get_args(ann))

@@ -6,8 +6,9 @@ wrapped model, which returns pooled features ``[B, feature_dim]``.  Its ``state_
 wrapped model's under the prefix ``model.`` (the normalisation is part of the spec, not of the
 checkpoint).
 
-Weights are only ever read from local files (``torch.load(..., weights_only=True)``); nothing
-is downloaded.  :func:`read_state_dict` and :func:`load_checked` turn a missing file or a
+Weights are only ever read from local files (``torch.load(..., weights_only=True)``,
+``safetensors`` files, or the state dict of a TorchScript archive such as OpenAI's CLIP ``.pt``
+files, read with ``torch.jit.load``, which runs no Python pickle code); nothing is downloaded.  :func:`read_state_dict` and :func:`load_checked` turn a missing file or a
 checkpoint that does not fit the architecture into a ``FileNotFoundError`` / ``ValueError``
 whose message names both the file and the backbone.
 """
@@ -18,10 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import warnings
+import zipfile
+
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "BackboneSpec", "read_state_dict", "load_checked"]
+__all__ = ["Backbone", "BackboneSpec", "read_state_dict", "load_checked", "materialise"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class BackboneSpec:
     input_size: int  # native input side, e.g. 224
     mean: tuple[float, float, float]  # normalisation of [0, 1] RGB inputs: (x - mean) / std
     std: tuple[float, float, float]
+    # the initialisation whose architecture and normalisation this network has ("none": random)
+    init: str = "imagenet"
 
 
 class Backbone(nn.Module):
@@ -64,7 +70,7 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         s = self.spec
-        return f"name={s.name!r}, feature_dim={s.feature_dim}, input_size={s.input_size}"
+        return f"name={s.name!r}, init={s.init!r}, feature_dim={s.feature_dim}, input_size={s.input_size}"
 
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -82,8 +88,8 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
     if not path.is_file():
         raise FileNotFoundError(f"weights file for backbone {model_name!r} not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of many kinds
+        obj = _load_file(path)
+    except Exception as exc:  # pickle / zip / safetensors / TorchScript errors of many kinds
         raise ValueError(
             f"cannot read weights file {path} for backbone {model_name!r}: {exc}"
         ) from exc
@@ -112,6 +118,40 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
                 sd = {k[len(prefix):]: v for k, v in sd.items()}
                 changed = True
     return sd
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/__torch__/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def _load_file(path: Path) -> object:
+    """The object stored in ``path``: a ``.safetensors`` file, a TorchScript archive (its state
+    dict), or a ``torch.save`` file read with ``weights_only=True``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    if _is_torchscript(path):
+        with warnings.catch_warnings():  # TorchScript is deprecated, OpenAI's CLIP files are still in it
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(path, map_location="cpu").state_dict()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def materialise(model: nn.Module) -> nn.Module:
+    """CPU storage (uninitialised) for a model built on the meta device, which a strict
+    :func:`load_checked` then fills entirely; skips the random init of large models (ViT-B: ~5 s).
+
+    Refuses models with non-persistent buffers, which no checkpoint would fill.
+    """
+    saved = set(model.state_dict())
+    transient = [n for n, _ in model.named_buffers() if n not in saved]
+    if transient:
+        raise RuntimeError(f"cannot build {type(model).__name__} empty: non-persistent buffers {transient[:3]}")
+    return model.to_empty(device="cpu")
 
 
 def _examples(items: list, n: int = 3) -> str:

@@ -20,14 +20,6 @@ from stages.backbones import (
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 def _chelsea(size: int = 224) -> torch.Tensor:
     img = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float().div(255)[None]
     return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -91,7 +83,7 @@ def test_unknown_name_lists_valid_names():
         build_backbone("timm:no_such_model_xyz", pretrained=False)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "googlenet", "efficientnet_lite0", "timm:resnet18"])
+@pytest.mark.parametrize("name", ["resnet50", "googlenet", "efficientnet_lite0", "mit_b2", "vit_b16", "timm:resnet18"])
 def test_missing_weights_file_names_file_and_model(tmp_path, name):
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError) as err:
@@ -100,9 +92,11 @@ def test_missing_weights_file_names_file_and_model(tmp_path, name):
 
 
 def test_pretrained_without_file_is_refused_not_downloaded():
-    for name in ("resnet50", "googlenet", "timm:resnet18"):
+    for name in ("resnet50", "googlenet", "mit_b2", "vit_b16", "timm:resnet18"):
         with pytest.raises(ValueError, match="local file"):
             build_backbone(name, pretrained=True)
+    with pytest.raises(ValueError, match="local file"):
+        build_backbone("vit_b16", init="clip")
     with pytest.raises(ValueError, match="pretrained=False"):
         build_backbone("resnet50", pretrained=False, weights="x.pth")
 
