@@ -103,6 +103,15 @@ class TrainParams(_Strict):
     aug_scale: tuple[float, float] = Field((0.5, 1.0), description="random-resized-crop area range")
     batch_embed: int = Field(128, ge=1, description="batch size when embedding all crops")
     checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
+    ntxent_variant: Literal["views", "anchor"] = Field(
+        "views", description="ntxent: two-view NT-Xent, or anchor-based (views classified against the un-augmented crops)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device (auto: cuda when available)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype on CUDA (auto: bf16 on CUDA); the CPU always trains in fp32"
+    )
+    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the backbone: true, false or auto (on CUDA only)")
+    nproc: int = Field(1, ge=1, description="processes (GPUs) of torchrun DDP training; the global batch is split across them")
 
     @model_validator(mode="after")
     def _ranges(self) -> "TrainParams":

@@ -84,7 +84,7 @@ def run(params: Params, stop_after: int | None = None) -> None:
             stop_after=stop_after,
         )
         model = result.student
-        if stop_after is not None and stop_after < cfg.steps:
-            return
+        if not result.is_main or (stop_after is not None and stop_after < cfg.steps):
+            return  # under torchrun only rank 0 writes
     save_model(out / "model.pt", model, meta)
     dump_params(params, out / "params.json")
