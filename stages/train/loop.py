@@ -98,6 +98,22 @@ def refresh_embeddings(
     return rt.gather_rows(h, len(crops)).cpu().numpy(), rt.gather_rows(l, len(crops)).cpu().numpy()
 
 
+def step_terms(rt: Runtime, method: Method, student: StudentModel, backbone, teacher_fwd, load, idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Loss terms of the global batch ``idx``: this rank embeds its rows (``backbone`` may be the
+    DDP/compiled student backbone), the features of all ranks are gathered, and every rank
+    evaluates the same loss on them."""
+    lo, hi = rt.rows(len(idx))
+    inputs = method.inputs(load(idx[lo:hi]), gen, (lo, hi))
+    with rt.autocast():
+        feat = backbone(inputs)
+        if teacher_fwd is not None:
+            with torch.no_grad():
+                t = teacher_fwd(inputs)
+    feat = rt.gather_blocks(feat.float(), method.blocks)
+    t = rt.gather_blocks(t.float(), method.blocks) if teacher_fwd is not None else None
+    return method.loss(student.heads, feat, t, idx, gen)
+
+
 @dataclass
 class TrainResult:
     student: StudentModel
@@ -181,16 +197,7 @@ def _train(cfg, crops, group_of, n_groups, seed, checkpoint, log_path, fingerpri
     for step in bar:
         method.before_step(step, embed_all, rt)
         idx = torch.from_numpy(method.batch())
-        lo, hi = rt.rows(len(idx))
-        inputs = method.inputs(load(idx[lo:hi]), gen, (lo, hi))
-        with rt.autocast():
-            feat = backbone(inputs)
-            if teacher_fwd is not None:
-                with torch.no_grad():
-                    t = teacher_fwd(inputs)
-        feat = rt.gather_blocks(feat.float(), method.blocks)
-        t = rt.gather_blocks(t.float(), method.blocks) if teacher_fwd is not None else None
-        terms = method.loss(student.heads, feat, t, idx, gen)
+        terms = step_terms(rt, method, student, backbone, teacher_fwd, load, idx, gen)
         opt.zero_grad(set_to_none=True)
         if scaler is None:
             terms["loss"].backward()
