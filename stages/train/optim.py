@@ -23,27 +23,35 @@ def _row_cosine(dot: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, eps: 
     return dot.abs() / (sq_a.sqrt().clamp_min(eps) * sq_b.sqrt().clamp_min(eps))
 
 
-def projection_(p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float, wd_ratio: float, eps: float) -> torch.Tensor:
+def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    return torch.mul(a, b, out=scratch).sum(1)
+
+
+def projection_(
+    p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float, wd_ratio: float, eps: float, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
     """Remove in place the radial part of ``perturb`` for a scale-invariant-looking weight ``p``;
     return the weight-decay factor (``wd_ratio`` when projected, else 1) as a 0-d tensor.
 
     Channel view first, layer view second, as AdamP; both decided without leaving the device.
+    ``perturb`` may be scaled by any positive constant (the projection is linear in it).
     """
     w = p.reshape(len(p), -1)
     g = grad.reshape(len(p), -1)
     u = perturb.view(len(p), -1)
+    tmp = torch.empty_like(w) if scratch is None else scratch[: w.numel()].view_as(w)
     fan_in, numel = w.shape[1], w.numel()
-    dot_gw = torch.einsum("ij,ij->i", g, w)
-    sq_g = torch.einsum("ij,ij->i", g, g)
-    sq_w = torch.einsum("ij,ij->i", w, w)
-    dot_wu = torch.einsum("ij,ij->i", w, u)
+    dot_gw = _row_dot(g, w, tmp)
+    sq_g = torch.linalg.vector_norm(g, dim=1).pow_(2)
+    sq_w = torch.linalg.vector_norm(w, dim=1).pow_(2)
+    dot_wu = _row_dot(w, u, tmp)
     by_channel = _row_cosine(dot_gw, sq_g, sq_w, eps).max() < delta / math.sqrt(fan_in)
     by_layer = _row_cosine(dot_gw.sum(), sq_g.sum(), sq_w.sum(), eps) < delta / math.sqrt(numel)
     # perturb -= w_n <w_n, perturb> = w * <w, perturb> / (||w|| + eps)^2, per channel or per layer
     coef_channel = dot_wu / (sq_w.sqrt() + eps).pow(2)
     coef_layer = dot_wu.sum() / (sq_w.sum().sqrt() + eps).pow(2)
     coef = torch.where(by_channel, coef_channel, torch.where(by_layer, coef_layer, torch.zeros_like(coef_channel)))
-    u.sub_(w * coef[:, None])
+    u.addcmul_(w, coef[:, None], value=-1.0)
     one = torch.ones((), dtype=p.dtype, device=p.device)
     return torch.where(by_channel | by_layer, one * wd_ratio, one)
 
@@ -83,28 +91,42 @@ class AdamP(Optimizer):
         grads = [p.grad for p in params]
         exp_avg = [self.state[p]["exp_avg"] for p in params]
         exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        torch._foreach_mul_(exp_avg, beta1)
-        torch._foreach_add_(exp_avg, grads, alpha=1 - beta1)
+        c2 = math.sqrt(1 - beta2**step)
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
         torch._foreach_mul_(exp_avg_sq, beta2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_div_(denom, math.sqrt(bias_correction2))
-        torch._foreach_add_(denom, eps)
-        if group["nesterov"]:
-            perturb = torch._foreach_mul(exp_avg, beta1)
-            torch._foreach_add_(perturb, grads, alpha=1 - beta1)
-            torch._foreach_div_(perturb, denom)
-        else:
-            perturb = torch._foreach_div(exp_avg, denom)
-        del denom
-        step_size = lr / bias_correction1
-        for p, g, u in zip(params, grads, perturb):
+        # perturb = m_hat / (sqrt(v)/c2 + eps) = (c2 / bc1) * m / (sqrt(v) + eps c2): computed as
+        # m / (sqrt(v) + eps c2) in a reused buffer (no allocation: fresh large buffers cost page
+        # faults every step), the constant folded into the step size (the projection is linear)
+        step_size = lr * c2 / (1 - beta1**step)
+        perturb = self._buffers(params)
+        scratch = self._scratch(params)
+        for p, g, m, v, u in zip(params, grads, exp_avg, exp_avg_sq, perturb):
+            torch.sqrt(v, out=u).add_(eps * c2)
+            if group["nesterov"]:
+                torch.div(torch.lerp(m, g, 1 - beta1), u, out=u)  # (beta1 m + (1 - beta1) g) / denom
+            else:
+                torch.div(m, u, out=u)
             if p.dim() > 1:
-                ratio = projection_(p, g, u, group["delta"], group["wd_ratio"], eps)
+                ratio = projection_(p, g, u, group["delta"], group["wd_ratio"], eps, scratch)
                 if wd > 0:
                     p.mul_(1 - lr * wd * ratio)
             elif wd > 0:
                 p.mul_(1 - lr * wd)
         torch._foreach_add_(params, perturb, alpha=-step_size)
+
+    def _buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-parameter work buffers, kept across steps (not part of the optimiser state)."""
+        if not hasattr(self, "_work"):
+            self._work: dict[int, torch.Tensor] = {}
+        for p in params:
+            if id(p) not in self._work:
+                self._work[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        return [self._work[id(p)] for p in params]
+
+    def _scratch(self, params: list[torch.Tensor]) -> torch.Tensor:
+        n = max((p.numel() for p in params if p.dim() > 1), default=0)
+        buf = getattr(self, "_scratch_buf", None)
+        if buf is None or buf.numel() < n or buf.device != params[0].device or buf.dtype != params[0].dtype:
+            buf = self._scratch_buf = torch.empty(n, dtype=params[0].dtype, device=params[0].device)
+        return buf
