@@ -137,7 +137,9 @@ class TrainParams(_Strict):
     queries: int = Field(8, ge=1, description="queries per batch (each brings its neighbours)")
     neighbours: int = Field(5, ge=1, description="k of the k-NN batch sampler, query included")
     knn_refresh: int = Field(50, ge=1, description="rebuild the neighbour graph every N steps")
-    lr: float = Field(3e-4, gt=0, description="peak learning rate (cosine decay; paper: 1e-4 GoogLeNet, 3e-5 ViT)")
+    lr: float | None = Field(
+        None, gt=0, description="peak lr of every backbone without backbone_options.<name>.lr; null: each backbone's default (3e-4 efficientnet_lite0, paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)"
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamP weight decay")
     ema: float = Field(0.999, ge=0, lt=1, description="teacher EMA momentum")
@@ -155,6 +157,15 @@ class TrainParams(_Strict):
     aug_scale: tuple[float, float] = Field((0.5, 1.0), description="random-resized-crop area range")
     batch_embed: int = Field(128, ge=1, description="batch size when embedding all crops")
     checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
+    ntxent_variant: Literal["views", "anchor"] = Field(
+        "views", description="ntxent: two-view NT-Xent, or anchor-based (views classified against the un-augmented crops)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device (auto: cuda when available)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype on CUDA (auto: bf16 on CUDA); the CPU always trains in fp32"
+    )
+    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the backbone: true, false or auto (on CUDA only)")
+    nproc: int = Field(1, ge=1, description="processes (GPUs) of torchrun DDP training; the global batch is split across them")
 
     @model_validator(mode="after")
     def _ranges(self) -> "TrainParams":

@@ -20,7 +20,7 @@ from stages.data.table import load_split
 from stages.extract.crops import crop_boxes, read_image
 from stages.index.embed import crops_to_tensor, decode_to_tensor, embed_tensor
 from stages.shards import BOX_COLUMNS, read_objects
-from stages.train.model import StudentModel, build_student, load_model
+from stages.train.model import StudentModel, build_student, load_model, meta_options
 
 log = logging.getLogger(__name__)
 EMBEDDINGS = ("model", "pretrained")
@@ -53,7 +53,9 @@ def query_crops(params: Params, dataset: str) -> tuple[pd.DataFrame, list[np.nda
 
 def pretrained_model(meta: dict) -> StudentModel:
     """The baseline of a saved model: its backbone with the pretrained weights, no head, no training."""
-    return build_student(meta["backbone"], 0, meta["teacher_dim"], meta["embed_dim"], meta["input_size"]).eval()
+    return build_student(
+        meta["backbone"], 0, meta["teacher_dim"], meta["embed_dim"], meta["input_size"], options=meta_options(meta)
+    ).eval()
 
 
 def build_index(vectors: np.ndarray, kind: str) -> faiss.Index:

@@ -20,3 +20,18 @@ def nt_xent(emb: torch.Tensor, n_views: int, tau: float) -> torch.Tensor:
     pos = (crop[:, None] == crop[None, :]) & ~eye
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     return -(torch.logsumexp(log_prob.masked_fill(~pos, float("-inf")), dim=1)).mean()
+
+
+def anchor_nt_xent(views: torch.Tensor, anchors: torch.Tensor, tau: float) -> torch.Tensor:
+    """Anchor-based NT-Xent: each augmented view is classified among the batch's anchors.
+
+    ``views`` [V * B, d] stacked by view, ``anchors`` [B, d] (crop c's anchor is the crop itself,
+    un-augmented, at the object's own box).  Mean over views i of crop c(i) of
+    -log( exp(s(v_i, a_c)/tau) / sum_j exp(s(v_i, a_j)/tau) ), s = cosine: the anchor is the one
+    positive and the other crops' anchors are the negatives.  Learn and Search (seed 002) names
+    this loss ("ANT-Xent", anchor negatives) without a formula; this is our definition.
+    """
+    v = F.normalize(views, dim=1)
+    a = F.normalize(anchors, dim=1)
+    crop = torch.arange(len(a), device=v.device).repeat(len(v) // len(a))
+    return F.cross_entropy(v @ a.T / tau, crop)

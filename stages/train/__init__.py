@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from stages import layout
-from stages.config import Params, dump_params
+from stages.backbones import learning_rate
+from stages.config import Params, TrainParams, dump_params
 from stages.index.embed import decode_to_tensor
 from stages.shards import read_objects
-from stages.train.model import build_student, save_model
+from stages.train.model import backbone_meta, build_student, save_model
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,19 @@ def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFram
 TRAINING_CODE = ("train", "losses", "samplers", "backbones")
 
 
+def resolved_train_params(params: Params, backbone: str) -> TrainParams:
+    """``params.train`` with the learning rate this backbone trains at: ``backbone_options.<name>.lr``,
+    else ``train.lr``, else the backbone's default (1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B, ...)."""
+    options = params.backbone_options.get(backbone)
+    lr = params.train.lr if params.train.lr is not None and (options is None or options.lr is None) else learning_rate(backbone, options)
+    return params.train.model_copy(update={"lr": lr})
+
+
 def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, crops) -> str:
     """Identity of a training run: its parameters, backbone, exact input crops and the training
     code (a checkpoint written by other code is not resumed)."""
-    h = hashlib.sha256(json.dumps(params.train.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(backbone.encode())
+    h = hashlib.sha256(json.dumps(resolved_train_params(params, backbone).model_dump(mode="json"), sort_keys=True).encode())
+    h.update(json.dumps(backbone_meta(backbone, params.backbone_options.get(backbone)), sort_keys=True).encode())
     package = Path(__file__).resolve().parents[1]
     for path in sorted(p for folder in TRAINING_CODE for p in (package / folder).rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode())
@@ -54,13 +63,15 @@ def run(params: Params, backbone: str | None = None, stop_after: int | None = No
     """Train ``backbone`` (default: the first of ``backbones``) into ``models/<backbone>/``."""
     from stages.train.loop import LOG_COLUMNS, train_model
 
-    cfg = params.train
     backbone = params.backbone(backbone)
+    cfg = resolved_train_params(params, backbone)
+    options = params.backbone_options.get(backbone)
     out = layout.model_dir(backbone)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "method": cfg.method,
-        "backbone": backbone,
+        **backbone_meta(backbone, options),
+        "lr": cfg.lr,
         "n_heads": {"none": 0, "ms_ugcml": params.groups}.get(cfg.method, 1),
         "embed_head": cfg.embed_head,
         "teacher_dim": cfg.teacher_dim,
@@ -68,7 +79,7 @@ def run(params: Params, backbone: str | None = None, stop_after: int | None = No
         "input_size": cfg.input_size,
     }
     if cfg.method == "none":
-        model = build_student(backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size)
+        model = build_student(backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, options=options)
         (out / "train_log.tsv").write_text("\t".join(LOG_COLUMNS) + "\n")
     else:
         table, crops = load_training_crops(layout.objects_dir(params.train_on), cfg.input_size)
@@ -86,9 +97,10 @@ def run(params: Params, backbone: str | None = None, stop_after: int | None = No
             fingerprint(params, backbone, table["object_id"].to_numpy(), crops),
             stop_after=stop_after,
             backbone=backbone,
+            options=options,
         )
         model = result.student
-        if stop_after is not None and stop_after < cfg.steps:
-            return
+        if not result.is_main or (stop_after is not None and stop_after < cfg.steps):
+            return  # under torchrun only rank 0 writes
     save_model(out / "model.pt", model, meta)
     dump_params(params, out / "params.json")

@@ -9,14 +9,23 @@ import torch.nn.functional as F
 
 
 def random_resized_views(
-    x: torch.Tensor, n_views: int, scale: tuple[float, float], generator: torch.Generator, out_size: int
+    x: torch.Tensor,
+    n_views: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    out_size: int,
+    rows: tuple[int, int] | None = None,
+    batch: int | None = None,
 ) -> torch.Tensor:
     """Views stacked as [n_views*B, 3, out, out]: random resized crop, flip, brightness/contrast.
 
     ``x`` is float [B, 3, H, W] in [0, 1].  Crop area fraction ~ U(scale), aspect ~ logU(3/4, 4/3),
-    a random position inside the crop, horizontal flip with p = 0.5.
+    a random position inside the crop, horizontal flip with p = 0.5.  With ``rows = (lo, hi)``,
+    ``x`` holds rows lo:hi of a global batch of ``batch`` crops: the random draws are those of
+    the global batch (the same generator state gives every process the same draws) and only
+    these rows' views are made, stacked [view 1 of the rows; view 2 of the rows; ...].
     """
-    b = len(x)
+    b = len(x) if rows is None else batch
     n = n_views * b
 
     def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
@@ -34,12 +43,17 @@ def random_resized_views(
     theta[:, 0, 2] = tx
     theta[:, 1, 1] = sy
     theta[:, 1, 2] = ty
+    bright = uniform(-0.1, 0.1, 1, 1, 1)
+    contrast = uniform(0.8, 1.2, 1, 1, 1)
+    if rows is not None:  # keep this process's rows of every view
+        keep = (torch.arange(n_views)[:, None] * b + torch.arange(*rows)[None, :]).flatten()
+        theta, bright, contrast, n = theta[keep], bright[keep], contrast[keep], len(keep)
     theta = theta.to(x.device, x.dtype)
+    bright = bright.to(x.device, x.dtype)
+    contrast = contrast.to(x.device, x.dtype)
     src = x.repeat(n_views, 1, 1, 1)
     grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
     views = F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    bright = uniform(-0.1, 0.1, 1, 1, 1).to(x.device, x.dtype)
-    contrast = uniform(0.8, 1.2, 1, 1, 1).to(x.device, x.dtype)
     mean = views.mean(dim=(1, 2, 3), keepdim=True)
     return ((views - mean) * contrast + mean + bright).clamp(0, 1)
 

@@ -1,8 +1,12 @@
-"""The teacher–student training loop (MS-UGCML, STML) and the NT-Xent baseline.
+"""The training engine: models, optimiser, devices, processes and checkpoints around a
+:class:`~stages.train.methods.Method` (MS-UGCML, STML, the NT-Xent baseline).
 
-Resumable: every ``checkpoint_every`` steps the student, teacher, optimiser, scheduler,
-sampler and RNG states are written atomically; a restarted run with the same fingerprint
-continues from there and ends with the same weights as an uninterrupted run.
+Resumable: every ``checkpoint_every`` steps the student, teacher, optimiser, scheduler, method
+(sampler, neighbour graph, centroids) and RNG states are written atomically; a restarted run with
+the same fingerprint continues from there and ends with the same weights as an uninterrupted run.
+On CUDA the backbone runs under autocast (``train.precision``) and ``torch.compile``
+(``train.compile``); under torchrun each rank computes its slice of the global batch (see
+:mod:`stages.train.runtime`).
 """
 
 from __future__ import annotations
@@ -14,28 +18,27 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
-from adamp import AdamP
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from stages.backbones import DEFAULT_BACKBONE
-from stages.config import TrainParams
-from stages.losses import (
-    collaborative_distillation,
-    nt_xent,
-    relaxed_contrastive,
-    self_distillation,
-    teacher_weights,
-    view_positives,
+from stages.backbones import DEFAULT_BACKBONE, learning_rate
+from stages.config import BackboneOptions, TrainParams
+from stages.train.methods import (  # noqa: F401  (re-exported for callers of the old module)
+    LOSS_TERMS,
+    N_VIEWS,
+    Method,
+    build_method,
+    kmeans_centroids,
+    mixed_scale_sets,
+    ugcml_terms,
 )
-from stages.samplers import KnnBatchSampler
-from stages.train.augment import random_resized_views
 from stages.train.model import StudentModel, TeacherModel, build_student
+from stages.train.optim import AdamP
+from stages.train.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
-N_VIEWS = 2
 LOG_COLUMNS = ["step", "lr", "loss", "rc_h", "rc_l", "self_distill", "ckd"]
 
 
@@ -54,24 +57,6 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def mixed_scale_sets(batch_group: torch.Tensor, n_groups: int, share: float, generator: torch.Generator) -> list[torch.Tensor]:
-    """Crop rows of each group's training set: its own crops plus ``share`` of each smaller group's.
-
-    Group m trains on its k-NN crops and on a random ceil(share * n_j) crops of every group j < m
-    (the mixed-scale set; following the authors' code, larger-object heads also see smaller ones).
-    """
-    own = [torch.nonzero(batch_group == m).flatten() for m in range(n_groups)]
-    sets = []
-    for m in range(n_groups):
-        parts = [own[m]]
-        for j in range(m):
-            n = math.ceil(share * len(own[j])) if share > 0 else 0
-            if n:
-                parts.append(own[j][torch.randperm(len(own[j]), generator=generator)[:n]])
-        sets.append(torch.cat(parts))
-    return sets
-
-
 def ugcml_loss(
     student: StudentModel,
     teacher: TeacherModel,
@@ -81,82 +66,53 @@ def ugcml_loss(
     centroids: torch.Tensor | None,
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """MS-UGCML loss of one batch; views stacked [2B, 3, S, S], ``batch_group`` [B].
-
-    Per group m, on its mixed-scale set: L_con(h_m) + L_con(l_m) (eq. 4) + L_self(h_m, l_m) (eq. 3);
-    plus L_CKD over the group pairs on their shared crops (eq. 1-2). With one group this is STML.
-    """
-    n_crops = len(batch_group)
+    """MS-UGCML loss of one batch of views stacked [2B, 3, S, S] (one process, no autocast)."""
     with torch.no_grad():
         t = teacher(views)
-    feat = student.backbone(views)
-    sets = mixed_scale_sets(batch_group, len(student.heads), cfg.mix_share, generator)
-    zero = views.new_zeros(())
-    terms = {"rc_h": zero, "rc_l": zero, "self_distill": zero, "ckd": zero}
-    l_of_set = []  # each head embeds only the views of its own set
-    for head, rows in zip(student.heads, sets):
-        both = torch.cat([rows, rows + n_crops])
-        h, l = head(feat[both])
-        l_of_set.append(l)
-        if len(rows) < 2:
-            continue
-        w = teacher_weights(t[both], cfg.sigma, cfg.context_k, view_positives(len(rows), N_VIEWS, views.device))
-        terms["rc_h"] = terms["rc_h"] + relaxed_contrastive(h, w, cfg.delta)  # eq. 4 on h_m
-        terms["rc_l"] = terms["rc_l"] + relaxed_contrastive(l, w, cfg.delta)  # eq. 4 on l_m
-        terms["self_distill"] = terms["self_distill"] + self_distillation(h, l)  # eq. 3
-    if centroids is not None and len(sets) > 1:
-        pairs = []
-        for a in range(len(sets)):
-            for b in range(a + 1, len(sets)):
-                shared = sets[a][torch.isin(sets[a], sets[b])]
-                pairs.append((l_of_set[a][_view_rows(sets[a], shared)], l_of_set[b][_view_rows(sets[b], shared)]))
-        terms["ckd"] = collaborative_distillation(pairs, centroids, cfg.ckd_tau)  # eq. 2
-    terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
-    return terms
-
-
-def _view_rows(set_rows: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
-    """Positions, in a set's stacked views [view 1 of its rows; view 2 of its rows], of both
-    views of ``crops`` (a subset of ``set_rows``)."""
-    if len(crops) == 0:
-        return torch.empty(0, dtype=torch.long)
-    pos = torch.full((int(set_rows.max()) + 1,), -1, dtype=torch.long)
-    pos[set_rows] = torch.arange(len(set_rows))
-    p = pos[crops]
-    return torch.cat([p, p + len(set_rows)])
-
-
-def ntxent_loss(student: StudentModel, views: torch.Tensor, cfg: TrainParams) -> dict[str, torch.Tensor]:
-    """The two-view NT-Xent baseline on l of the single head."""
-    ((_, l),) = student(views)
-    loss = nt_xent(l, N_VIEWS, cfg.ntxent_tau)
-    zero = loss.new_zeros(())
-    return {"loss": loss, "rc_h": zero, "rc_l": zero, "self_distill": zero, "ckd": zero}
+    return ugcml_terms(student.heads, student.backbone(views), t, batch_group, cfg, centroids, generator)
 
 
 @torch.no_grad()
-def refresh_embeddings(student: StudentModel, crops: torch.Tensor, group_of: np.ndarray, batch: int, freeze_bn: bool) -> tuple[np.ndarray, np.ndarray]:
-    """h and l of every training crop from its own group's head, in one backbone pass per batch."""
+def refresh_embeddings(
+    student: StudentModel, crops: torch.Tensor, group_of: np.ndarray, batch: int, freeze_bn: bool, runtime: Runtime | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """h and l of every training crop from its own group's head, in one backbone pass per batch.
+
+    Under torchrun each rank embeds its share of the crops and the shares are gathered: every
+    rank returns all N rows."""
+    rt = runtime or Runtime(torch.device("cpu"))
+    part = rt.shard(len(crops))
+    mine, groups = crops[part], torch.from_numpy(np.asarray(group_of)[part])
     student.eval()
-    groups = torch.from_numpy(group_of)
     hs, ls = [], []
-    starts = range(0, len(crops), batch)
-    for s in tqdm(starts, desc="refresh k-NN/centroids", unit="batch", leave=False, disable=len(starts) < 2):
-        h, l = student.embed_by_group(crops[s : s + batch].float().div_(255), groups[s : s + batch])
-        hs.append(h.numpy())
-        ls.append(l.numpy())
+    starts = range(0, len(mine), batch)
+    for s in tqdm(starts, desc="refresh k-NN/centroids", unit="batch", leave=False, disable=len(starts) < 2 or not rt.is_main):
+        x = mine[s : s + batch].to(rt.device, non_blocking=True).float().div_(255)
+        with rt.autocast():
+            h, l = student.embed_by_group(x, groups[s : s + batch].to(rt.device))
+        hs.append(h.float())
+        ls.append(l.float())
     student.train_mode(freeze_bn)
-    return np.concatenate(hs), np.concatenate(ls)
+    dims = (student.heads[0].h.out_features, student.heads[0].l.out_features)
+    h = torch.cat(hs) if hs else torch.empty(0, dims[0], device=rt.device)
+    l = torch.cat(ls) if ls else torch.empty(0, dims[1], device=rt.device)
+    return rt.gather_rows(h, len(crops)).cpu().numpy(), rt.gather_rows(l, len(crops)).cpu().numpy()
 
 
-def kmeans_centroids(emb: np.ndarray, k: int, seed: int) -> torch.Tensor:
-    """FAISS k-means of L2-normalised embeddings (k capped by the number of points)."""
-    x = np.ascontiguousarray(emb, dtype=np.float32)
-    faiss.normalize_L2(x)
-    k = max(2, min(k, len(x) // 2))
-    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
-    km.train(x)
-    return torch.from_numpy(km.centroids.copy())
+def step_terms(rt: Runtime, method: Method, student: StudentModel, backbone, teacher_fwd, load, idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Loss terms of the global batch ``idx``: this rank embeds its rows (``backbone`` may be the
+    DDP/compiled student backbone), the features of all ranks are gathered, and every rank
+    evaluates the same loss on them."""
+    lo, hi = rt.rows(len(idx))
+    inputs = method.inputs(load(idx[lo:hi]), gen, (lo, hi))
+    with rt.autocast():
+        feat = backbone(inputs)
+        if teacher_fwd is not None:
+            with torch.no_grad():
+                t = teacher_fwd(inputs)
+    feat = rt.gather_blocks(feat.float(), method.blocks)
+    t = rt.gather_blocks(t.float(), method.blocks) if teacher_fwd is not None else None
+    return method.loss(student.heads, feat, t, idx, gen)
 
 
 @dataclass
@@ -164,6 +120,24 @@ class TrainResult:
     student: StudentModel
     steps: int
     resumed_from: int
+    is_main: bool = True  # rank 0 (or the only process): the one that writes
+
+
+class _Batches:
+    """Crops stay uint8 on the CPU; each step's rows go to the device through a pinned buffer."""
+
+    def __init__(self, crops: torch.Tensor, device: torch.device):
+        self.crops, self.device = crops, device
+        self.pinned = device.type == "cuda"
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.pinned:
+            return self.crops[idx].float().div_(255)
+        if self.buffer is None or len(self.buffer) != len(idx):
+            self.buffer = torch.empty((len(idx), *self.crops.shape[1:]), dtype=self.crops.dtype).pin_memory()
+        torch.index_select(self.crops, 0, idx, out=self.buffer)
+        return self.buffer.to(self.device, non_blocking=True).float().div_(255)
 
 
 def train_model(
@@ -177,75 +151,95 @@ def train_model(
     fingerprint: str,
     stop_after: int | None = None,
     backbone: str = DEFAULT_BACKBONE,
+    options: BackboneOptions | None = None,
+    runtime: Runtime | None = None,
 ) -> TrainResult:
     """Train ``cfg.method`` (ms_ugcml, stml, ntxent) on uint8 crops [N, 3, S, S].
 
     ``group_of`` [N] is each crop's scale group (ms_ugcml has one head per group; stml and ntxent
-    use one group). ``stop_after`` stops early as a crash would (tests). ``backbone`` is a registry name.
+    use one group). ``stop_after`` stops early as a crash would (tests). ``backbone`` is a registry
+    name, built as ``options`` (``backbone_options.<name>``: weights, init) say. Only rank 0 writes
+    the checkpoint and the log; every rank returns the same trained student (on the CPU).
     """
+    if cfg.lr is None:  # direct callers; the train stage resolves it per backbone (resolved_train_params)
+        cfg = cfg.model_copy(update={"lr": learning_rate(backbone, options)})
+    rt = runtime or resolve_runtime(cfg)
+    try:
+        return _train(cfg, (backbone, options), crops, group_of, n_groups, seed, Path(checkpoint), Path(log_path), fingerprint, stop_after, rt)
+    finally:
+        rt.close()
+
+
+def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path, fingerprint, stop_after, rt: Runtime) -> TrainResult:
     if cfg.method != "ms_ugcml":
         group_of, n_groups = np.zeros(len(crops), dtype=np.int64), 1
     gen = seed_everything(seed)
-    student = build_student(backbone, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head)
-    teacher = TeacherModel(student).eval()
+    name, options = backbone
+    student = build_student(name, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head, options=options)
+    student.to(rt.device)
+    method = build_method(cfg, group_of, n_groups, seed)
+    teacher = TeacherModel(student).eval() if method.needs_teacher else None
     opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
-    sampler = KnnBatchSampler(group_of, n_groups, cfg.queries, cfg.neighbours, seed)
-    state = {"centroids": None, "history": []}
-    start = _resume(checkpoint, fingerprint, student, teacher, opt, sched, sampler, gen, state)
-    # The log is rewritten from the checkpoint's history: it always matches the weights.
-    log_path.write_text("".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
+    scaler = rt.grad_scaler()
+    state = {"history": []}
+    parts = {"student": student, "teacher": teacher, "optimizer": opt, "scheduler": sched, "scaler": scaler, "method": method}
+    start = _resume(checkpoint, fingerprint, parts, gen, state, rt.device)
+    if rt.is_main:  # the log is rewritten from the checkpoint's history: it always matches the weights
+        log_path.write_text("".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
     student.train_mode(cfg.freeze_bn)
-    groups_t = torch.from_numpy(group_of)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}", unit="step")
+    backbone = student.backbone
+    if rt.distributed:  # averages the backbone gradients of the ranks' slices; heads see all rows
+        backbone = DistributedDataParallel(backbone, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    teacher_fwd = teacher
+    if rt.compile:
+        backbone = torch.compile(backbone)
+        teacher_fwd = torch.compile(teacher) if teacher is not None else None
+    load = _Batches(crops, rt.device)
+
+    def embed_all():
+        return refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt)
+
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}", unit="step", disable=not rt.is_main)
     for step in bar:
-        if cfg.method == "ntxent":
-            idx = torch.from_numpy(sampler.rng.choice(len(crops), cfg.queries * cfg.neighbours, replace=len(crops) < cfg.queries * cfg.neighbours))
-        else:
-            if step % cfg.knn_refresh == 0 or sampler.neighbours is None:
-                h, l = refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn)
-                sampler.refresh(h)
-                if n_groups > 1:
-                    state["centroids"] = kmeans_centroids(l, cfg.clusters, seed + step)
-            idx = torch.from_numpy(sampler.sample())
-        x = crops[idx].float().div_(255)
-        views = random_resized_views(x, N_VIEWS, cfg.aug_scale, gen, cfg.input_size)
-        if cfg.method == "ntxent":
-            terms = ntxent_loss(student, views, cfg)
-        else:
-            terms = ugcml_loss(student, teacher, views, groups_t[idx], cfg, state["centroids"], gen)
+        method.before_step(step, embed_all, rt)
+        idx = torch.from_numpy(method.batch())
+        terms = step_terms(rt, method, student, backbone, teacher_fwd, load, idx, gen)
         opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
+        if scaler is None:
+            terms["loss"].backward()
+            opt.step()
+        else:
+            scaler.scale(terms["loss"]).backward()
+            scaler.step(opt)
+            scaler.update()
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        teacher.ema_update(student, cfg.ema)
-        row = [str(step), f"{lr:.6g}"] + [f"{float(terms[k].detach()):.6g}" for k in LOG_COLUMNS[2:]]
+        if teacher is not None:
+            teacher.ema_update(student, cfg.ema)
+        values = torch.stack([terms[k].detach().float() for k in LOG_COLUMNS[2:]]).tolist()  # one sync
+        row = [str(step), f"{lr:.6g}"] + [f"{v:.6g}" for v in values]
         state["history"].append(row)
-        with open(log_path, "a") as f:
-            f.write("\t".join(row) + "\n")
-        bar.set_postfix(loss=row[2], lr=f"{lr:.2e}")
         done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _save(checkpoint, fingerprint, done, student, teacher, opt, sched, sampler, gen, state)
+        if rt.is_main:
+            with open(log_path, "a") as f:
+                f.write("\t".join(row) + "\n")
+            bar.set_postfix(loss=row[2], lr=f"{lr:.2e}")
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                _save(checkpoint, fingerprint, done, parts, gen, state)
         if stop_after is not None and done >= stop_after:
             break
-    return TrainResult(student.eval(), cfg.steps, start)
+    rt.barrier()  # rank 0's checkpoint is complete before any rank moves on
+    return TrainResult(student.to("cpu").eval(), cfg.steps, start, rt.is_main)
 
 
-def _save(path: Path, fingerprint: str, step: int, student, teacher, opt, sched, sampler, gen, extra: dict) -> None:
+def _save(path: Path, fingerprint: str, step: int, parts: dict, gen: torch.Generator, extra: dict) -> None:
     state = {
         "fingerprint": fingerprint,
         "step": step,
-        "student": student.state_dict(),
-        "teacher": teacher.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "sampler_rng": json.dumps(sampler.rng.bit_generator.state),
-        "neighbours": None if sampler.neighbours is None else torch.from_numpy(sampler.neighbours),
+        **{k: None if v is None else v.state_dict() for k, v in parts.items()},
         "torch_rng": torch.get_rng_state(),
         "generator": gen.get_state(),
-        "centroids": extra["centroids"],
         "history": json.dumps(extra["history"]),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -253,7 +247,7 @@ def _save(path: Path, fingerprint: str, step: int, student, teacher, opt, sched,
     tmp.replace(path)
 
 
-def _resume(path: Path, fingerprint: str, student, teacher, opt, sched, sampler, gen, extra: dict) -> int:
+def _resume(path: Path, fingerprint: str, parts: dict, gen: torch.Generator, extra: dict, device: torch.device) -> int:
     if not path.exists():
         return 0
     try:
@@ -264,15 +258,14 @@ def _resume(path: Path, fingerprint: str, student, teacher, opt, sched, sampler,
     if state.get("fingerprint") != fingerprint:
         log.info("train: checkpoint %s belongs to other params or data; starting over", path)
         return 0
-    student.load_state_dict(state["student"])
-    teacher.load_state_dict(state["teacher"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
-    sampler.neighbours = None if state["neighbours"] is None else state["neighbours"].numpy()
+    for key, part in parts.items():
+        if part is not None and state.get(key) is not None:
+            part.load_state_dict(state[key])
+    method = parts["method"]
+    if getattr(method, "centroids", None) is not None:
+        method.centroids = method.centroids.to(device)
     torch.set_rng_state(state["torch_rng"])
     gen.set_state(state["generator"])
-    extra["centroids"] = state["centroids"]
     extra["history"] = json.loads(state["history"])[: int(state["step"])]
     log.info("train: resuming from step %d of %s", state["step"], path)
     return int(state["step"])

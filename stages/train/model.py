@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.backbones import build_backbone
+from stages.backbones import build_from_options, check_init
+from stages.backbones.registry import BackboneOptionsLike
 
 
 class EmbeddingHead(nn.Module):
@@ -109,9 +111,33 @@ class TeacherModel(nn.Module):
 
 
 def build_student(
-    backbone: str, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, pretrained: bool = True, embed_head: str = "first"
+    backbone: str,
+    n_heads: int,
+    teacher_dim: int,
+    embed_dim: int,
+    input_size: int,
+    pretrained: bool = True,
+    embed_head: str = "first",
+    options: BackboneOptionsLike | None = None,
 ) -> StudentModel:
-    return StudentModel(build_backbone(backbone, pretrained=pretrained), n_heads, teacher_dim, embed_dim, input_size, embed_head)
+    """A student over ``backbone`` built as ``options`` say (weights file, init); ``pretrained=False``
+    builds the same architecture without reading weights (to load a trained state dict)."""
+    net = build_from_options(backbone, options, pretrained=pretrained)
+    return StudentModel(net, n_heads, teacher_dim, embed_dim, input_size, embed_head)
+
+
+def backbone_meta(backbone: str, options: BackboneOptionsLike | None) -> dict:
+    """How a model's backbone was built (saved in model.pt, so the file says how to rebuild it)."""
+    return {
+        "backbone": backbone,
+        "init": check_init(backbone, options.init if options is not None else None),
+        "weights": options.weights if options is not None else None,
+    }
+
+
+def meta_options(meta: dict) -> SimpleNamespace:
+    """The backbone options recorded by :func:`backbone_meta` (older files: the default init)."""
+    return SimpleNamespace(init=meta.get("init"), weights=meta.get("weights"), lr=None)
 
 
 def save_model(path: Path, model: StudentModel, meta: dict) -> None:
@@ -130,7 +156,7 @@ def load_model(path: Path) -> tuple[StudentModel, dict]:
     meta = blob["meta"]
     model = build_student(
         meta["backbone"], meta["n_heads"], meta["teacher_dim"], meta["embed_dim"], meta["input_size"],
-        pretrained=False, embed_head=meta.get("embed_head", "first"),
+        pretrained=False, embed_head=meta.get("embed_head", "first"), options=meta_options(meta),
     )
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta

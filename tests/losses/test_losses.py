@@ -118,3 +118,20 @@ def test_nt_xent_by_hand():
     # tau = 1: loss = -log(e / (e + 2)) = log(1 + 2/e) = 0.551445 for every anchor.
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     assert nt_xent(z, 2, 1.0).item() == pytest.approx(0.551445, abs=1e-5)
+
+
+def test_anchor_nt_xent_by_hand():
+    from stages.losses import anchor_nt_xent
+
+    anchors = torch.tensor([[3.0, 0.0], [0.0, 1.0]])  # normalised inside: a0 = [1, 0], a1 = [0, 1]
+    views = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 5.0], [1.0, 1.0]])  # view 1 of crops 0, 1; view 2 of 0, 1
+    # per view -log softmax over anchors at its own crop, tau = 1:
+    # log(1 + e^-1), log(1 + e^-1), log(1 + e), log 2  ->  mean 0.6582331
+    assert anchor_nt_xent(views, anchors, 1.0).item() == pytest.approx(0.6582331, abs=1e-6)
+    # tau = 0.5 doubles the logits: log(1 + e^-2), log(1 + e^-2), log(1 + e^2), log 2 -> mean
+    expected = (2 * math.log(1 + math.exp(-2)) + math.log(1 + math.exp(2)) + math.log(2)) / 4
+    assert anchor_nt_xent(views, anchors, 0.5).item() == pytest.approx(expected, abs=1e-6)
+    views.requires_grad_(True)
+    anchors.requires_grad_(True)
+    anchor_nt_xent(views, anchors, 1.0).backward()
+    assert views.grad.abs().sum() > 0 and anchors.grad.abs().sum() > 0  # both sides learn

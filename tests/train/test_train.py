@@ -129,3 +129,36 @@ def test_completed_run_with_deleted_log_restores_the_log(tmp_path, crops):
     assert (tmp_path / "log.tsv").read_text() == log
     for a, b in zip(first.student.state_dict().values(), again.student.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_ntxent_builds_no_teacher(tmp_path, crops, monkeypatch):
+    import stages.train.loop as loop
+
+    def no_teacher(*_):
+        raise AssertionError("ntxent must not build an EMA teacher")
+
+    monkeypatch.setattr(loop, "TeacherModel", no_teacher)
+    for variant in ("views", "anchor"):
+        cfg = CFG.model_copy(update={"method": "ntxent", "ntxent_variant": variant, "steps": 2})
+        (tmp_path / variant).mkdir()
+        run(tmp_path / variant, crops, cfg=cfg, n_groups=1)
+        ckpt = torch.load(tmp_path / variant / "ckpt.pt", weights_only=True)
+        assert ckpt["teacher"] is None and ckpt["method"]["rng"]
+
+
+def test_views_of_a_slice_are_the_global_batch_rows(crops):
+    x = crops[:6].float() / 255
+    full = random_resized_views(x, 2, (0.5, 1.0), torch.Generator().manual_seed(4), 24)
+    part = random_resized_views(x[2:4], 2, (0.5, 1.0), torch.Generator().manual_seed(4), 24, rows=(2, 4), batch=6)
+    assert torch.allclose(part, full[[2, 3, 8, 9]], atol=1e-6)
+
+
+def test_cpu_runtime_is_fp32_uncompiled_single_process(monkeypatch):
+    from stages.train.runtime import resolve_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rt = resolve_runtime(TrainParams(precision="fp16", compile="auto"))
+    assert rt.device.type == "cpu" and rt.autocast_dtype is None and not rt.compile and rt.world == 1
+    assert rt.grad_scaler() is None and rt.rows(40) == (0, 40)
+    with pytest.raises(ValueError, match="train.device"):
+        resolve_runtime(TrainParams(device="cuda"))

@@ -1,0 +1,242 @@
+"""Training methods as small strategy objects: what a step samples, feeds the backbone and
+minimises. The engine (:mod:`stages.train.loop`) owns the models, the optimiser, devices and
+processes; a new method is a new subclass of :class:`Method` registered in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import faiss
+import numpy as np
+import torch
+from torch import nn
+
+from stages.config import TrainParams
+from stages.losses import (
+    anchor_nt_xent,
+    collaborative_distillation,
+    nt_xent,
+    relaxed_contrastive,
+    self_distillation,
+    teacher_weights,
+    view_positives,
+)
+from stages.samplers import KnnBatchSampler
+from stages.train.augment import random_resized_views
+
+N_VIEWS = 2
+LOSS_TERMS = ["loss", "rc_h", "rc_l", "self_distill", "ckd"]
+
+
+class Method:
+    """One training method. Per step the engine calls :meth:`before_step`, :meth:`batch` (global
+    crop indices, identical on every rank), :meth:`inputs` (this rank's rows to feed the backbone,
+    ``blocks`` row blocks of its crops) and :meth:`loss` on the gathered global features."""
+
+    needs_teacher = False  # an EMA teacher is built, run and updated only when a method uses it
+    blocks = N_VIEWS  # row blocks per crop fed to the backbone (views, then anything else)
+
+    def __init__(self, cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: int):
+        self.cfg = cfg
+        self.n_crops = len(group_of)
+        self.batch_size = cfg.queries * cfg.neighbours
+
+    def before_step(self, step: int, embed_all, runtime) -> None:
+        """Hook run before sampling (e.g. refresh a neighbour graph); ``embed_all()`` returns the
+        (h, l) embeddings of every training crop on every rank."""
+
+    def batch(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def inputs(self, x: torch.Tensor, generator: torch.Generator, rows: tuple[int, int]) -> torch.Tensor:
+        """Backbone input of this rank's crops ``x`` (float [b, 3, S, S], rows ``rows`` of the
+        global batch): the two augmented views, drawn for the whole global batch."""
+        cfg = self.cfg
+        return random_resized_views(x, N_VIEWS, cfg.aug_scale, generator, cfg.input_size, rows=rows, batch=self.batch_size)
+
+    def loss(self, heads: nn.ModuleList, feat: torch.Tensor, teacher_feat: torch.Tensor | None, idx: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _terms(loss: torch.Tensor, **parts: torch.Tensor) -> dict[str, torch.Tensor]:
+    zero = loss.new_zeros(())
+    return {k: parts.get(k, zero) for k in LOSS_TERMS} | {"loss": loss}
+
+
+class NtXent(Method):
+    """Learn-and-Search style baseline: random crops, NT-Xent on l of the single head, either
+    between the two views of a crop (``views``) or classifying each view against the batch's
+    un-augmented crops (``anchor``)."""
+
+    def __init__(self, cfg, group_of, n_groups, seed):
+        super().__init__(cfg, group_of, n_groups, seed)
+        self.rng = np.random.default_rng(seed)
+        if cfg.ntxent_variant == "anchor":
+            self.blocks = N_VIEWS + 1
+
+    def batch(self) -> np.ndarray:
+        return self.rng.choice(self.n_crops, self.batch_size, replace=self.n_crops < self.batch_size)
+
+    def inputs(self, x, generator, rows):
+        views = super().inputs(x, generator, rows)
+        if self.cfg.ntxent_variant == "views":
+            return views
+        return torch.cat([views, x])  # the anchor: the crop itself (already input_size)
+
+    def loss(self, heads, feat, teacher_feat, idx, generator):
+        (head,) = heads
+        l = head.l(feat)
+        if self.cfg.ntxent_variant == "views":
+            return _terms(nt_xent(l, N_VIEWS, self.cfg.ntxent_tau))
+        n = N_VIEWS * len(idx)
+        return _terms(anchor_nt_xent(l[:n], l[n:], self.cfg.ntxent_tau))
+
+    def state_dict(self) -> dict:
+        return {"rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+class RelaxedContrastive(Method):
+    """STML and MS-UGCML: k-NN batches, relaxed contrastive + self-distillation per scale-group
+    head on its mixed-scale set, collaborative distillation between heads (more than one)."""
+
+    needs_teacher = True
+
+    def __init__(self, cfg, group_of, n_groups, seed):
+        super().__init__(cfg, group_of, n_groups, seed)
+        self.seed = seed
+        self.n_groups = n_groups
+        self.groups = torch.from_numpy(np.asarray(group_of, dtype=np.int64))
+        self.sampler = KnnBatchSampler(group_of, n_groups, cfg.queries, cfg.neighbours, seed)
+        self.centroids: torch.Tensor | None = None
+
+    def before_step(self, step, embed_all, runtime):
+        if step % self.cfg.knn_refresh and self.sampler.neighbours is not None:
+            return
+        h, l = embed_all()
+        graph = None
+        if runtime.is_main:  # one graph and one set of centroids, shared by every rank
+            self.sampler.refresh(h)
+            centroids = kmeans_centroids(l, self.cfg.clusters, self.seed + step) if self.n_groups > 1 else None
+            graph = (self.sampler.neighbours, centroids)
+        self.sampler.neighbours, centroids = runtime.broadcast(graph)
+        self.centroids = None if centroids is None else centroids.to(runtime.device)
+
+    def batch(self) -> np.ndarray:
+        return self.sampler.sample()
+
+    def loss(self, heads, feat, teacher_feat, idx, generator):
+        return ugcml_terms(heads, feat, teacher_feat, self.groups[idx], self.cfg, self.centroids, generator)
+
+    def state_dict(self) -> dict:
+        nb = self.sampler.neighbours
+        return {
+            "rng": json.dumps(self.sampler.rng.bit_generator.state),
+            "neighbours": None if nb is None else torch.from_numpy(nb),
+            "centroids": None if self.centroids is None else self.centroids.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.rng.bit_generator.state = json.loads(state["rng"])
+        self.sampler.neighbours = None if state["neighbours"] is None else state["neighbours"].numpy()
+        self.centroids = state["centroids"]
+
+
+METHODS: dict[str, type[Method]] = {"ms_ugcml": RelaxedContrastive, "stml": RelaxedContrastive, "ntxent": NtXent}
+
+
+def build_method(cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: int) -> Method:
+    if cfg.method not in METHODS:
+        raise ValueError(f"train.method {cfg.method!r} does not train (choose one of {sorted(METHODS)})")
+    return METHODS[cfg.method](cfg, group_of, n_groups, seed)
+
+
+def mixed_scale_sets(batch_group: torch.Tensor, n_groups: int, share: float, generator: torch.Generator) -> list[torch.Tensor]:
+    """Crop rows of each group's training set: its own crops plus ``share`` of each smaller group's.
+
+    Group m trains on its k-NN crops and on a random ceil(share * n_j) crops of every group j < m
+    (the mixed-scale set; following the authors' code, larger-object heads also see smaller ones).
+    """
+    own = [torch.nonzero(batch_group == m).flatten() for m in range(n_groups)]
+    sets = []
+    for m in range(n_groups):
+        parts = [own[m]]
+        for j in range(m):
+            n = math.ceil(share * len(own[j])) if share > 0 else 0
+            if n:
+                parts.append(own[j][torch.randperm(len(own[j]), generator=generator)[:n]])
+        sets.append(torch.cat(parts))
+    return sets
+
+
+def kmeans_centroids(emb: np.ndarray, k: int, seed: int) -> torch.Tensor:
+    """FAISS k-means of L2-normalised embeddings (k capped by the number of points)."""
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    faiss.normalize_L2(x)
+    k = max(2, min(k, len(x) // 2))
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    return torch.from_numpy(km.centroids.copy())
+
+
+def _view_rows(set_rows: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+    """Positions, in a set's stacked views [view 1 of its rows; view 2 of its rows], of both
+    views of ``crops`` (a subset of ``set_rows``)."""
+    if len(crops) == 0:
+        return torch.empty(0, dtype=torch.long)
+    pos = torch.full((int(set_rows.max()) + 1,), -1, dtype=torch.long)
+    pos[set_rows] = torch.arange(len(set_rows))
+    p = pos[crops]
+    return torch.cat([p, p + len(set_rows)])
+
+
+def ugcml_terms(
+    heads: nn.ModuleList,
+    feat: torch.Tensor,
+    teacher_feat: torch.Tensor,
+    batch_group: torch.Tensor,
+    cfg: TrainParams,
+    centroids: torch.Tensor | None,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """MS-UGCML loss of one batch from the student's backbone features and the teacher's
+    embeddings of the views (both stacked [2B, .]); ``batch_group`` [B] on the CPU.
+
+    Per group m, on its mixed-scale set: L_con(h_m) + L_con(l_m) (eq. 4) + L_self(h_m, l_m) (eq. 3);
+    plus L_CKD over the group pairs on their shared crops (eq. 1-2). With one group this is STML.
+    """
+    n_crops = len(batch_group)
+    dev = feat.device
+    sets = mixed_scale_sets(batch_group, len(heads), cfg.mix_share, generator)
+    zero = feat.new_zeros(())
+    terms = {"rc_h": zero, "rc_l": zero, "self_distill": zero, "ckd": zero}
+    l_of_set = []  # each head embeds only the views of its own set
+    for head, rows in zip(heads, sets):
+        both = torch.cat([rows, rows + n_crops]).to(dev)
+        h, l = head(feat[both])
+        l_of_set.append(l)
+        if len(rows) < 2:
+            continue
+        w = teacher_weights(teacher_feat[both], cfg.sigma, cfg.context_k, view_positives(len(rows), N_VIEWS, dev))
+        terms["rc_h"] = terms["rc_h"] + relaxed_contrastive(h, w, cfg.delta)  # eq. 4 on h_m
+        terms["rc_l"] = terms["rc_l"] + relaxed_contrastive(l, w, cfg.delta)  # eq. 4 on l_m
+        terms["self_distill"] = terms["self_distill"] + self_distillation(h, l)  # eq. 3
+    if centroids is not None and len(sets) > 1:
+        pairs = []
+        for a in range(len(sets)):
+            for b in range(a + 1, len(sets)):
+                shared = sets[a][torch.isin(sets[a], sets[b])]
+                pairs.append((l_of_set[a][_view_rows(sets[a], shared).to(dev)], l_of_set[b][_view_rows(sets[b], shared).to(dev)]))
+        terms["ckd"] = collaborative_distillation(pairs, centroids, cfg.ckd_tau)  # eq. 2
+    terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
+    return terms

@@ -1,0 +1,132 @@
+"""AdamP (Heo et al., ICLR 2021) with multi-tensor (``torch._foreach_*``) Adam moments and a
+branch-free projection: the same updates as the ``adamp`` package's ``AdamP``, without its
+per-parameter Python loop of ~20 small ops and without host synchronisation on GPU.
+
+AdamP = Adam whose update ``perturb = m_hat / (sqrt(v_hat) + eps)`` of a weight tensor (ndim > 1)
+loses its radial component when the weight looks scale-invariant: if every channel's
+|cos(grad_c, w_c)| < delta / sqrt(fan_in) (else, the whole layer's |cos(grad, w)| <
+delta / sqrt(numel)), ``perturb -= w_n <w_n, perturb>`` with w_n = w / (||w|| + eps) per channel
+(else per layer), and the weight decay is scaled by ``wd_ratio``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+from torch.optim import Optimizer
+
+
+def _row_cosine(dot: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, eps: float) -> torch.Tensor:
+    """|cos| from a dot product and squared norms, each norm clamped at eps (F.cosine_similarity)."""
+    return dot.abs() / (sq_a.sqrt().clamp_min(eps) * sq_b.sqrt().clamp_min(eps))
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    return torch.mul(a, b, out=scratch).sum(1)
+
+
+def projection_(
+    p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float, wd_ratio: float, eps: float, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Remove in place the radial part of ``perturb`` for a scale-invariant-looking weight ``p``;
+    return the weight-decay factor (``wd_ratio`` when projected, else 1) as a 0-d tensor.
+
+    Channel view first, layer view second, as AdamP; both decided without leaving the device.
+    ``perturb`` may be scaled by any positive constant (the projection is linear in it).
+    """
+    w = p.reshape(len(p), -1)
+    g = grad.reshape(len(p), -1)
+    u = perturb.view(len(p), -1)
+    tmp = torch.empty_like(w) if scratch is None else scratch[: w.numel()].view_as(w)
+    fan_in, numel = w.shape[1], w.numel()
+    dot_gw = _row_dot(g, w, tmp)
+    sq_g = torch.linalg.vector_norm(g, dim=1).pow_(2)
+    sq_w = torch.linalg.vector_norm(w, dim=1).pow_(2)
+    dot_wu = _row_dot(w, u, tmp)
+    by_channel = _row_cosine(dot_gw, sq_g, sq_w, eps).max() < delta / math.sqrt(fan_in)
+    by_layer = _row_cosine(dot_gw.sum(), sq_g.sum(), sq_w.sum(), eps) < delta / math.sqrt(numel)
+    # perturb -= w_n <w_n, perturb> = w * <w, perturb> / (||w|| + eps)^2, per channel or per layer
+    coef_channel = dot_wu / (sq_w.sqrt() + eps).pow(2)
+    coef_layer = dot_wu.sum() / (sq_w.sum().sqrt() + eps).pow(2)
+    coef = torch.where(by_channel, coef_channel, torch.where(by_layer, coef_layer, torch.zeros_like(coef_channel)))
+    u.addcmul_(w, coef[:, None], value=-1.0)
+    one = torch.ones((), dtype=p.dtype, device=p.device)
+    return torch.where(by_channel | by_layer, one * wd_ratio, one)
+
+
+class AdamP(Optimizer):
+    """Drop-in for ``adamp.AdamP`` (same arguments, same state keys: step, exp_avg, exp_avg_sq)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, delta=0.1, wd_ratio=0.1, nesterov=False):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio, nesterov=nesterov)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            by_step: dict[int, list[torch.Tensor]] = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                by_step[state["step"]].append(p)
+            for step, params in by_step.items():  # one bucket unless some parameters skipped steps
+                self._update(group, step, params)
+        return loss
+
+    def _update(self, group: dict, step: int, params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        exp_avg = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+        c2 = math.sqrt(1 - beta2**step)
+        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+        # perturb = m_hat / (sqrt(v)/c2 + eps) = (c2 / bc1) * m / (sqrt(v) + eps c2): computed as
+        # m / (sqrt(v) + eps c2) in a reused buffer (no allocation: fresh large buffers cost page
+        # faults every step), the constant folded into the step size (the projection is linear)
+        step_size = lr * c2 / (1 - beta1**step)
+        perturb = self._buffers(params)
+        scratch = self._scratch(params)
+        for p, g, m, v, u in zip(params, grads, exp_avg, exp_avg_sq, perturb):
+            torch.sqrt(v, out=u).add_(eps * c2)
+            if group["nesterov"]:
+                torch.div(torch.lerp(m, g, 1 - beta1), u, out=u)  # (beta1 m + (1 - beta1) g) / denom
+            else:
+                torch.div(m, u, out=u)
+            if p.dim() > 1:
+                ratio = projection_(p, g, u, group["delta"], group["wd_ratio"], eps, scratch)
+                if wd > 0:
+                    p.mul_(1 - lr * wd * ratio)
+            elif wd > 0:
+                p.mul_(1 - lr * wd)
+        torch._foreach_add_(params, perturb, alpha=-step_size)
+
+    def _buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-parameter work buffers, kept across steps (not part of the optimiser state)."""
+        if not hasattr(self, "_work"):
+            self._work: dict[int, torch.Tensor] = {}
+        for p in params:
+            if id(p) not in self._work:
+                self._work[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        return [self._work[id(p)] for p in params]
+
+    def _scratch(self, params: list[torch.Tensor]) -> torch.Tensor:
+        n = max((p.numel() for p in params if p.dim() > 1), default=0)
+        buf = getattr(self, "_scratch_buf", None)
+        if buf is None or buf.numel() < n or buf.device != params[0].device or buf.dtype != params[0].dtype:
+            buf = self._scratch_buf = torch.empty(n, dtype=params[0].dtype, device=params[0].device)
+        return buf
