@@ -15,6 +15,7 @@ repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: install
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,ray]'
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 
 bench: install

@@ -91,6 +91,9 @@ class ExtractParams(_Strict):
     shard_rows: int = Field(50_000, ge=1, description="objects per Parquet shard (whole images: a shard may hold a few more)")
     graph: GraphExtractorParams = GraphExtractorParams()
     sam: SamParams = SamParams()
+    engine: Literal["local", "ray"] = Field("local", description="local: this process; ray: a Ray Data pipeline (decode tasks, extractor actors)")
+    ray_address: str | None = Field(None, description="Ray cluster to join (null: $RAY_ADDRESS, else a local cluster)")
+    ray_workers: int | None = Field(None, ge=1, description="extractor actors (null: one per GPU of the cluster, else one per CPU)")
 
 
 class TrainParams(_Strict):

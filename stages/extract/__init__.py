@@ -25,7 +25,7 @@ from stages.extract.resume import extract_fingerprint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXTRACTORS", "Extractor", "build_extractor", "image_objects", "extract_tables", "run"]
+__all__ = ["EXTRACTORS", "Extractor", "build_extractor", "image_objects", "extract_tables", "extract_tables_ray", "run"]
 
 
 class Extractor(Protocol):
@@ -66,8 +66,23 @@ def extract_tables(
     return extract_dataset(tables, objects_dir, engine, extractor.name, cfg, fingerprint)
 
 
+def extract_tables_ray(tables: dict, objects_dir: Path, cfg: ExtractParams, fingerprint: str, factory: Callable | None = None) -> dict:
+    """:func:`extract_tables` on a Ray cluster (``cfg.ray_address``, ``$RAY_ADDRESS`` or a local
+    one); ``factory()`` builds the extractor in each actor (default: from ``cfg``)."""
+    from stages.extract.ray_engine import ray_cluster, ray_results
+
+    factory = factory or functools.partial(build_extractor, cfg)
+    engine = functools.partial(ray_results, factory=factory, cfg=cfg, workers=cfg.ray_workers)
+    with ray_cluster(cfg.ray_address):
+        return extract_dataset(tables, objects_dir, engine, cfg.extractor, cfg, fingerprint)
+
+
 def run(params: Params) -> None:
     cfg = params.extract
     files = [layout.DATASET / f"{split}.json" for split in layout.SPLIT_NAMES]
     tables = {split: load_split(f).images for split, f in zip(layout.SPLIT_NAMES, files)}
-    extract_tables(tables, layout.OBJECTS, build_extractor(cfg), cfg, extract_fingerprint(cfg, files))
+    fingerprint = extract_fingerprint(cfg, files)
+    if cfg.engine == "ray":
+        extract_tables_ray(tables, layout.OBJECTS, cfg, fingerprint)
+    else:
+        extract_tables(tables, layout.OBJECTS, build_extractor(cfg), cfg, fingerprint)

@@ -81,8 +81,9 @@ def extract_split(
         pending, skipped, pending_rows = [], [], 0
 
     bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=f"extract {split}", unit="img")
+    results = iter(engine(todo))
     try:
-        for result in engine(todo):
+        for result in results:
             pending.append(result.image_id)
             if result.objects is None:
                 log.warning("extract: skipping unreadable image %s", result.path)
@@ -100,6 +101,8 @@ def extract_split(
             bar.set_postfix(obj_per_img=f"{n_objects / max(1, bar.n):.1f}", refresh=False)
     finally:
         bar.close()
+        if hasattr(results, "close"):
+            results.close()  # stop the engine's workers now, not when the generator is collected
     path = writer.flush()
     if path is None and not any(s.file for s in rec.shards):
         path = writer.close()[-1]  # a split without any object still gets one (empty) shard
