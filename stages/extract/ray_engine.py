@@ -144,7 +144,12 @@ def ray_results(
         return
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
-    n_actors = workers or gpus or max(1, int(resources.get("CPU", 1)))
+    cpus = float(resources.get("CPU", 1))
+    fit = gpus or max(1, min(int(cpus), int((cpus - _DECODE_CPUS) // (1 - _DECODE_CPUS))))  # room on the cluster
+    n_actors = workers or fit
+    if n_actors > fit:
+        log.warning("extract: %d Ray workers asked, the cluster has room for %d; using %d", n_actors, fit, fit)
+        n_actors = fit
     actor_resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1 - _DECODE_CPUS}
     ctx = ray.data.DataContext.get_current()
     before = ctx.execution_options.preserve_order
