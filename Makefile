@@ -14,9 +14,11 @@ install: $(BIN)/python
 repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# `test` also installs the Debian package labelme-examples (real VOC photos with COCO and VOC
-# annotations, read by tests/data; never vendored).
+# `test` also installs the optional Ray engine (tests/extract/test_ray_engine.py) and the Debian
+# package labelme-examples (real VOC photos with COCO and VOC annotations, read by tests/data;
+# never vendored).
 test: install
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,ray]'
 	@dpkg -s labelme-examples >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq labelme-examples >/dev/null)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 

@@ -70,8 +70,10 @@ def extract(dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
     """Extract class-agnostic object proposals into Parquet shards: data/<dataset>/objects/.
 
     Params: extract.* . One row per object: object_id, image_id, split, box x1 y1 x2 y2,
-    area, score, the crop (PNG/JPEG bytes, longest side extract.crop_size) and the
-    extractor name. Unreadable images are skipped and counted in data/objects/summary.json.
+    area, score, stability (SAM), the crop (PNG/JPEG bytes, longest side extract.crop_size),
+    mask_rle (SAM with extract.sam.keep_masks) and the extractor name. Unreadable images are
+    skipped and counted in data/objects/summary.json. Resumable: a rerun after a crash keeps
+    the completed shards (data/objects/manifest.json) and extracts only the other images.
     """
     from stages.extract import run
 

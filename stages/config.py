@@ -120,12 +120,33 @@ class GraphExtractorParams(_Strict):
     max_objects: int = Field(80, ge=1, description="keep at most this many proposals per image")
 
 
+class SamParams(_Strict):
+    """segment-anything's automatic mask generator; defaults are the paper's (ViT-H, 32x32 points)."""
+
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_h", description="SAM image encoder (the checkpoint must match)")
+    checkpoint: str | None = Field(None, description="path of the SAM checkpoint file (.pth); required with extractor: sam")
+    points_per_side: int = Field(32, ge=1, description="prompt points per image side (points_per_side^2 prompts)")
+    points_per_batch: int = Field(64, ge=1, description="prompt points run through the mask decoder at once")
+    pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="drop masks whose predicted IoU is lower")
+    stability_score_thresh: float = Field(0.95, ge=0, le=1, description="drop masks whose stability score is lower")
+    box_nms_thresh: float = Field(0.7, gt=0, le=1, description="box IoU of the NMS between duplicate masks")
+    crop_n_layers: int = Field(0, ge=0, description="extra layers of image crops (0: the whole image only)")
+    min_mask_region_area: int = Field(0, ge=0, description="remove holes and islands smaller than this (pixels; 0: off)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="image encoder autocast dtype on CUDA (CPU runs fp32)")
+    keep_masks: bool = Field(False, description="store each mask as COCO RLE (column mask_rle)")
+
+
 class ExtractParams(_Strict):
-    extractor: Literal["graph"] = Field("graph", description="object proposal extractor")
+    extractor: Literal["graph", "sam"] = Field("graph", description="object proposal extractor")
     crop_size: int = Field(64, ge=8, description="stored crops are resized to this longest side")
     crop_format: Literal["png", "jpeg"] = Field("png", description="encoding of stored crops")
-    shard_rows: int = Field(50_000, ge=1, description="objects per Parquet shard")
+    shard_rows: int = Field(50_000, ge=1, description="objects per Parquet shard (whole images: a shard may hold a few more)")
     graph: GraphExtractorParams = GraphExtractorParams()
+    sam: SamParams = SamParams()
+    engine: Literal["local", "ray"] = Field("local", description="local: this process; ray: a Ray Data pipeline (decode tasks, extractor actors)")
+    ray_address: str | None = Field(None, description="Ray cluster to join (null: $RAY_ADDRESS, else a local cluster)")
+    ray_workers: int | None = Field(None, ge=1, description="extractor actors (null: one per GPU of the cluster, else one per CPU)")
 
 
 class TrainParams(_Strict):

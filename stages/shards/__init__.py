@@ -1,8 +1,14 @@
 """Parquet object shards: one row per extracted object, a few hundred files at most.
 
 A shard is written to ``<name>.parquet.tmp`` and renamed when complete, so a crash never
-leaves a partial file that looks complete.  ``read_objects`` reads any subset of columns
-of all shards of a split, in shard order.
+leaves a partial file that looks complete.  A shard holds whole units (one ``add`` call, e.g.
+the objects of one image), so the images of a completed shard are complete: the extract stage
+resumes after them.  ``read_objects`` reads any subset of columns of all shards of a split, in
+shard order.
+
+Columns: ``score`` is the extractor's confidence (SAM: predicted IoU), ``stability`` SAM's
+stability score (NaN for extractors without one), ``mask_rle`` the object's mask as COCO
+compressed RLE JSON ``{"size": [h, w], "counts": "..."}`` (null when masks are not kept).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ OBJECT_SCHEMA = pa.schema(
         ("y2", pa.float32()),
         ("area", pa.float32()),
         ("score", pa.float32()),
+        ("stability", pa.float32()),
         ("crop", pa.binary()),
+        ("mask_rle", pa.string()),
         ("extractor", pa.string()),
     ]
 )
@@ -42,7 +50,11 @@ def shard_paths(directory: Path, split: str) -> list[Path]:
 
 
 class ShardWriter:
-    """Buffers object rows and writes a shard each ``rows_per_shard`` rows, atomically."""
+    """Buffers object rows and writes a shard, atomically, once ``rows_per_shard`` rows are buffered.
+
+    Units passed to :meth:`add` are never split between shards, so a shard may hold a few rows more
+    than ``rows_per_shard``.
+    """
 
     def __init__(self, directory: Path, split: str, rows_per_shard: int, start_index: int = 0):
         self.directory = Path(directory)
@@ -54,36 +66,58 @@ class ShardWriter:
         self.written: list[Path] = []
         self.directory.mkdir(parents=True, exist_ok=True)
 
-    def add(self, table: pa.Table) -> None:
-        """Add rows (a table with OBJECT_SCHEMA); full shards are flushed as they fill."""
-        self._parts.append(table)
-        self._buffered += table.num_rows
-        while self._buffered >= self.rows_per_shard:
-            merged = pa.concat_tables(self._parts)
-            self._write(merged.slice(0, self.rows_per_shard))
-            rest = merged.slice(self.rows_per_shard)
-            self._parts, self._buffered = ([rest] if rest.num_rows else []), rest.num_rows
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffered
+
+    def add(self, table: pa.Table) -> Path | None:
+        """Add rows (a table with OBJECT_SCHEMA); returns the shard written when the buffer filled up."""
+        if table.num_rows:
+            self._parts.append(table)
+            self._buffered += table.num_rows
+        if self._buffered >= self.rows_per_shard:
+            return self.flush()
+        return None
+
+    def flush(self) -> Path | None:
+        """Write the buffered rows as one shard (nothing when the buffer is empty)."""
+        if not self._buffered:
+            return None
+        path = self._write(pa.concat_tables(self._parts))
+        self._parts, self._buffered = [], 0
+        return path
 
     def close(self) -> list[Path]:
-        """Write what is buffered (possibly an empty shard when nothing was ever written)."""
-        if self._buffered or not self.written:
-            parts = self._parts or [OBJECT_SCHEMA.empty_table()]
-            self._write(pa.concat_tables(parts))
-        self._parts, self._buffered = [], 0
+        """Write what is buffered (an empty shard when the split has no shard at all)."""
+        self.flush()
+        if not self.written and not shard_paths(self.directory, self.split):
+            self._write(OBJECT_SCHEMA.empty_table())
         return self.written
 
-    def _write(self, table: pa.Table) -> None:
+    def _write(self, table: pa.Table) -> Path:
         final = shard_path(self.directory, self.split, self.index)
         tmp = final.with_name(final.name + ".tmp")
         pq.write_table(table.cast(OBJECT_SCHEMA), tmp, compression="zstd")
         os.replace(tmp, final)
         self.written.append(final)
         self.index += 1
+        return final
+
+
+_OPTIONAL = {"stability": float("nan"), "mask_rle": None}
 
 
 def objects_table(columns: dict) -> pa.Table:
-    """Build a table with OBJECT_SCHEMA from column arrays/lists."""
-    return pa.table({f.name: pa.array(columns[f.name], type=f.type) for f in OBJECT_SCHEMA})
+    """Build a table with OBJECT_SCHEMA from column arrays/lists (``stability`` defaults to NaN,
+    ``mask_rle`` to null)."""
+    n = len(columns["object_id"])
+    arrays = {}
+    for f in OBJECT_SCHEMA:
+        values = columns.get(f.name)
+        if values is None and f.name in _OPTIONAL:
+            values = [_OPTIONAL[f.name]] * n
+        arrays[f.name] = pa.array(values, type=f.type)
+    return pa.table(arrays)
 
 
 def read_objects(directory: Path, split: str, columns: list[str] | None = None) -> pd.DataFrame:

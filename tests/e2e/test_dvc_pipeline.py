@@ -134,3 +134,21 @@ def test_exp_run_ms_ugcml_trains_one_head_per_group(repo):
     shown = sh(repo, "dvc", "exp", "show", "--md")
     assert "ms_ugcml" in shown
     sh(repo, "git", "checkout", "--", "params.yaml")
+
+
+def test_second_backbone_adds_only_its_own_stages(repo):
+    out = sh(repo, "dvc", "exp", "run", "-S", "backbones=[efficientnet_lite0,resnet50]", "-S", "backbone_options.resnet50.init=none")
+    for stage in ("train@resnet50", "index@resnet50-synthetic", "evaluate@resnet50-synthetic"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("data@", "extract@", "splits", "groups", "train@efficientnet_lite0", "evaluate@efficientnet_lite0"):
+        assert f"Running stage '{stage}" not in out
+    other = json.loads((repo / "metrics/resnet50/synthetic.json").read_text())
+    assert other["backbone"] == "resnet50" and 0 <= other["model"]["all"]["O-R@1"] <= 100
+    diff = sh(repo, "dvc", "metrics", "diff", "--all", "--md")
+    assert "metrics/resnet50/synthetic.json" in diff and METRICS in diff
+    # one backbone's options change: only that backbone's chain reruns
+    out = sh(repo, "dvc", "exp", "run", "-S", "backbones=[efficientnet_lite0,resnet50]", "-S", "backbone_options.resnet50.init=none",
+             "-S", "backbone_options.resnet50.lr=0.001")
+    assert "Running stage 'train@resnet50'" in out and "Running stage 'train@efficientnet_lite0'" not in out
+    assert json.loads((repo / "models/resnet50/params.json").read_text())["backbone_options"]["resnet50"]["lr"] == 0.001
+    sh(repo, "git", "checkout", "--", "params.yaml")

@@ -1,0 +1,150 @@
+"""Resumable extraction of image tables into Parquet object shards (shared by every engine).
+
+An engine turns a table of images (``image_id, path``) into :class:`ImageResult` s in table order;
+:func:`extract_split` numbers the objects, writes shards (atomically, whole images per shard) and
+records each completed shard in the manifest (:mod:`stages.extract.resume`), so a rerun after a
+crash skips every image of the completed shards and numbers the rest exactly as an uninterrupted
+run would: object ids follow the image order of the tables, split after split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from stages.config import ExtractParams
+from stages.extract.local import ImageResult
+from stages.extract.resume import SUMMARY, Manifest, ShardRecord, atomic_write_text, open_manifest
+from stages.shards import ShardWriter, objects_table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["extract_dataset", "extract_split", "Engine"]
+
+# An engine: (images still to extract) -> their results, in table order.
+Engine = Callable[[pd.DataFrame], Iterable[ImageResult]]
+
+
+def _rows(result: ImageResult, split: str, first_id: int, extractor_name: str) -> dict:
+    objs = result.objects
+    n = len(objs["scores"])
+    b = objs["boxes"]
+    return {
+        "object_id": np.arange(first_id, first_id + n, dtype=np.int64),
+        "image_id": np.full(n, result.image_id, dtype=np.int64),
+        "split": [split] * n,
+        "x1": b[:, 0], "y1": b[:, 1], "x2": b[:, 2], "y2": b[:, 3],
+        "area": objs["area"],
+        "score": objs["scores"],
+        "stability": objs["stability"],
+        "crop": objs["crops"],
+        "mask_rle": objs["masks"],
+        "extractor": [extractor_name] * n,
+    }
+
+
+def extract_split(
+    images: pd.DataFrame,
+    objects_dir: Path,
+    split: str,
+    engine: Engine,
+    extractor_name: str,
+    cfg: ExtractParams,
+    manifest: Manifest,
+    first_object_id: int,
+) -> None:
+    """Extract the images of one split that the manifest does not list yet; ``first_object_id`` is
+    the first id of the split (used when none of its shards is complete)."""
+    objects_dir = Path(objects_dir)
+    rec = manifest.split(split)
+    if rec.complete:
+        return
+    done = rec.done_images()
+    next_id = rec.shards[-1].next_object_id if rec.shards else first_object_id
+    todo = images.loc[~images["image_id"].isin(done)]
+    writer = ShardWriter(objects_dir, split, cfg.shard_rows, start_index=rec.next_shard_index())
+    pending: list[int] = []
+    skipped: list[str] = []
+    pending_rows = 0
+    n_objects = sum(s.rows for s in rec.shards)
+
+    def record(path: Path | None) -> None:
+        nonlocal pending, skipped, pending_rows
+        rec.shards.append(ShardRecord(path.name if path else None, pending_rows, pending, skipped, next_id))
+        manifest.save(objects_dir)
+        pending, skipped, pending_rows = [], [], 0
+
+    bar = tqdm(total=len(images), initial=len(images) - len(todo), desc=f"extract {split}", unit="img")
+    results = iter(engine(todo))
+    try:
+        for result in results:
+            pending.append(result.image_id)
+            if result.objects is None:
+                log.warning("extract: skipping unreadable image %s", result.path)
+                skipped.append(result.path)
+            else:
+                rows = _rows(result, split, next_id, extractor_name)
+                n = len(rows["object_id"])
+                next_id += n
+                n_objects += n
+                pending_rows += n
+                path = writer.add(objects_table(rows))
+                if path is not None:
+                    record(path)
+            bar.update(1)
+            bar.set_postfix(obj_per_img=f"{n_objects / max(1, bar.n):.1f}", refresh=False)
+    finally:
+        bar.close()
+        if hasattr(results, "close"):
+            results.close()  # stop the engine's workers now, not when the generator is collected
+    path = writer.flush()
+    if path is None and not any(s.file for s in rec.shards):
+        path = writer.close()[-1]  # a split without any object still gets one (empty) shard
+    if path is not None or pending:
+        record(path)
+    rec.complete = True
+    manifest.save(objects_dir)
+
+
+def split_summary(manifest: Manifest, split: str) -> dict:
+    rec = manifest.split(split)
+    skipped = [p for s in rec.shards for p in s.skipped]
+    images = sum(len(s.images) for s in rec.shards) - len(skipped)
+    objects = sum(s.rows for s in rec.shards)
+    return {
+        "images": images,
+        "skipped_images": len(skipped),
+        "skipped": skipped[:100],
+        "objects": objects,
+        "objects_per_image": round(objects / max(1, images), 2),
+        "shards": sum(1 for s in rec.shards if s.file),
+    }
+
+
+def extract_dataset(
+    tables: Mapping[str, pd.DataFrame],
+    objects_dir: Path,
+    engine: Engine,
+    extractor_name: str,
+    cfg: ExtractParams,
+    fingerprint: str,
+) -> dict:
+    """Extract every split of ``tables`` (split -> images with ``image_id, path``) into
+    ``objects_dir``, resuming from its manifest; writes and returns ``summary.json``."""
+    objects_dir = Path(objects_dir)
+    order = list(tables)
+    manifest = open_manifest(objects_dir, fingerprint, order)
+    for split, images in tables.items():
+        first = manifest.next_object_id(order, split)
+        extract_split(images, objects_dir, split, engine, extractor_name, cfg, manifest, first)
+    summary = {"extractor": extractor_name, "splits": {s: split_summary(manifest, s) for s in order}}
+    for split, s in summary["splits"].items():
+        log.info("extract: %s: %d objects from %d images (%d skipped)", split, s["objects"], s["images"], s["skipped_images"])
+    atomic_write_text(objects_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return summary
