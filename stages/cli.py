@@ -115,11 +115,20 @@ def train(backbone: str = BackboneOption, params: Path = ParamsOption) -> None:
     stml one head; ntxent the two-view contrastive baseline; none keeps the pretrained
     backbone. Resumable: rerunning after a crash continues from models/<backbone>/checkpoint.pt
     when the parameters, crops and training code are unchanged. The loss terms and learning
-    rate go to models/<backbone>/train_log.tsv (dvc plots show).
+    rate go to models/<backbone>/train_log.tsv (dvc plots show). With train.nproc N > 1 the
+    command relaunches itself as `torchrun --standalone --nproc_per_node N` (DDP, one rank per GPU).
     """
     from stages.train import run
+    from stages.train.launch import run_under_torchrun, under_torchrun
 
-    _run_stage("train", params, lambda p: run(p, backbone))
+    def _train(p) -> None:
+        if p.train.nproc > 1 and not under_torchrun():
+            name = p.backbone(backbone)
+            run_under_torchrun(p.train.nproc, ["train", "--backbone", name, "--params", str(params)])
+        else:
+            run(p, backbone)
+
+    _run_stage("train", params, _train)
 
 
 @app.command()

@@ -50,3 +50,23 @@ def test_missing_and_malformed_files(tmp_path):
         load_params(write(tmp_path, "groups: [1,\n"))
     with pytest.raises(ParamsError, match="mapping"):
         load_params(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_params_yaml_lists_every_key_of_the_model():
+    """`dvc exp run -S key=value` only overrides keys present in params.yaml: every parameter of
+    the model must be written there (with its default or a deliberate value)."""
+    from pathlib import Path
+
+    from stages.config import Params, read_yaml
+
+    def keys(d: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k != "backbone_options":
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    written = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert keys(Params().model_dump(mode="json")) - keys(written) == set()
+    Params.model_validate(written)

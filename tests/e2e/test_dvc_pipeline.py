@@ -152,3 +152,13 @@ def test_second_backbone_adds_only_its_own_stages(repo):
     assert "Running stage 'train@resnet50'" in out and "Running stage 'train@efficientnet_lite0'" not in out
     assert json.loads((repo / "models/resnet50/params.json").read_text())["backbone_options"]["resnet50"]["lr"] == 0.001
     sh(repo, "git", "checkout", "--", "params.yaml")
+
+
+def test_nproc_2_trains_under_torchrun_from_dvc(repo):
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.nproc=2", "-S", "train.method=stml")
+    assert "Running stage 'train@efficientnet_lite0'" in out and "launching: torchrun" in out
+    assert "--nproc_per_node=2" in out
+    log = (repo / MODEL / "train_log.tsv").read_text().splitlines()
+    assert len(log) == 1 + 4  # header + tiny_params' 4 steps, written once (rank 0)
+    assert json.loads((repo / METRICS).read_text())["model"]["all"]["queries"] > 0
+    sh(repo, "git", "checkout", "--", "params.yaml")
