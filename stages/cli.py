@@ -145,6 +145,8 @@ def search_cmd(
     k: int = typer.Option(5, "--k", "-k", min=1, help="Number of objects to return."),
     embedding: str = typer.Option("model", "--embedding", "-e", help="'model' (trained) or 'pretrained' (untrained backbone)."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write a PNG sheet: the query, then each hit's image with its box."),
+    backbone: str = typer.Option(None, "--backbone", help="Model whose index to search (default: the first backbone of params)."),
+    dataset: str = typer.Option(None, "--dataset", help="Dataset whose gallery to search (default: the training dataset)."),
     params: Path = ParamsOption,
 ) -> None:
     """Find the objects of the gallery index most similar to a query box (or crop file).
@@ -161,7 +163,7 @@ def search_cmd(
 
     def _search(p) -> None:
         crop = query_crop(image, query_box, p.extract.crop_size)
-        hits = search(crop, k, embedding)
+        hits = search(crop, k, embedding, p, backbone, dataset)
         typer.echo(f"{'rank':>4}  {'object':>8}  {'image':>6}  {'box (x1 y1 x2 y2)':28s} {'distance':>8}  path")
         for h in hits:
             b = " ".join(f"{v:6.1f}" for v in h.box)

@@ -4,94 +4,38 @@ Object level: a returned gallery object is relevant when its IoU with a ground-t
 query's class is >= ``evaluate.object_iou`` (0.3); image level: any overlap (paper V-A).
 Reported for all / known / unknown query classes of the configured task and for the paper's
 query-size buckets (Tables III-IV), for the trained model and for the same backbone without
-training (``pretrained``).
+training (``pretrained``).  The protocol itself is :func:`stages.evaluate.protocol.evaluate_index`
+(streamed over query chunks); this module only wires paths.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-
-import faiss
-import numpy as np
-import pandas as pd
+from pathlib import Path
 
 from stages import layout
 from stages.config import Params
-from stages.index import EMBEDDINGS
-from stages.metrics.relevance import ANY_OVERLAP, relevance_matrix, relevant_classes
-from stages.metrics.retrieval import summarize
-from stages.shards import BOX_COLUMNS
+from stages.data.table import load_split
+from stages.evaluate.protocol import HEADLINE, SIZE_BUCKETS, evaluate_index, query_masks
 
+__all__ = ["HEADLINE", "SIZE_BUCKETS", "query_masks", "evaluate_index", "run", "output_paths"]
 log = logging.getLogger(__name__)
-HEADLINE = ("R@1", "R@5", "R@10", "mAP", "mAP_std", "mMP@5")
-# Query-size buckets of the paper's Tables III-IV, by sqrt(box area) in pixels.
-SIZE_BUCKETS = {"size_0-20": (0, 20), "size_20-30": (20, 30), "size_30-60": (30, 60), "size_60-100": (60, 100), "size_100+": (100, np.inf)}
 
 
-def query_masks(queries: pd.DataFrame, known_ids: list[int]) -> dict[str, np.ndarray]:
-    """all / known / unknown classes, and the paper's query-size buckets."""
-    known = queries["category_id"].isin(known_ids).to_numpy()
-    side = np.sqrt(queries["area"].to_numpy(np.float64))
-    masks = {"all": np.ones(len(queries), bool), "known": known, "unknown": ~known}
-    masks.update({name: (side >= lo) & (side < hi) for name, (lo, hi) in SIZE_BUCKETS.items()})
-    return masks
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
-    """Top-k gallery rows per query (-1 padded), exact for a Flat index."""
-    _, ranked = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
-    return ranked
-
-
-def evaluate_ranking(
-    ranked: np.ndarray, queries: pd.DataFrame, gallery: pd.DataFrame, labels: dict, masks: dict, exclude_same_image: bool, topk: int
-) -> dict:
-    """Metrics of one ranking at object ('O-') and image ('I-') level, per query subset."""
-    result: dict = {name: {"queries": int(m.sum())} for name, m in masks.items()}
-    for level, lab in labels.items():
-        rel, total = relevance_matrix(
-            ranked,
-            queries["category_id"].to_numpy(np.int64),
-            lab,
-            queries["image_id"].to_numpy(np.int64),
-            gallery["image_id"].to_numpy(np.int64),
-            exclude_same_image=exclude_same_image,
-        )
-        summary = summarize(rel[:, :topk], total, masks)
-        for name, values in summary.items():
-            result[name].update({f"{level}-{k}": values[k] for k in HEADLINE})
-    return result
+def output_paths() -> tuple[Path, Path]:
+    """(metrics JSON, plots folder) of the evaluation; one place to change when the layout moves."""
+    return layout.METRICS / "retrieval.json", layout.METRICS / "plots"
 
 
 def run(params: Params) -> None:
-    cfg = params.evaluate
-    gallery = pd.read_parquet(layout.INDEX / "gallery.parquet")
-    queries = pd.read_parquet(layout.INDEX / "queries.parquet")
-    tasks = json.loads((layout.SPLITS / "tasks.json").read_text())
-    n_classes = int(max(tasks["known"] + tasks["unknown"] + [int(queries["category_id"].max())])) + 1
-    args = (
-        gallery["image_id"].to_numpy(np.int64),
-        gallery[BOX_COLUMNS].to_numpy(np.float64),
-        queries["image_id"].to_numpy(np.int64),
-        queries[BOX_COLUMNS].to_numpy(np.float64),
-        queries["category_id"].to_numpy(np.int64),
+    tasks_file = layout.SPLITS / "tasks.json"
+    if not tasks_file.exists():
+        raise FileNotFoundError(f"{tasks_file} not found; run the splits stage first")
+    metrics_path, plots_dir = output_paths()
+    metrics = evaluate_index(
+        layout.INDEX, load_split(layout.DATASET / "test.json"), json.loads(tasks_file.read_text()), params, metrics_path, plots_dir
     )
-    labels = {
-        "O": relevant_classes(*args, iou_threshold=cfg.object_iou, n_classes=n_classes),
-        "I": relevant_classes(*args, iou_threshold=ANY_OVERLAP, n_classes=n_classes),
-    }
-    masks = query_masks(queries, tasks["known"])
-    # Excluding same-image items shortens lists: fetch enough to still fill topk.
-    per_image = int(gallery.groupby("image_id").size().max())
-    fetch = cfg.topk + (per_image if cfg.exclude_same_image else 0)
-    metrics: dict = {"groups": params.groups, "task": params.task, "gallery": len(gallery)}
-    for name in EMBEDDINGS:
-        index = faiss.read_index(str(layout.INDEX / name / "gallery.faiss"))
-        ranked = search(index, np.load(layout.INDEX / name / "queries.npy"), fetch)
-        metrics[name] = evaluate_ranking(ranked, queries, gallery, labels, masks, cfg.exclude_same_image, cfg.topk)
-    layout.METRICS.mkdir(parents=True, exist_ok=True)
-    (layout.METRICS / "retrieval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     m, p = metrics["model"]["all"], metrics["pretrained"]["all"]
     log.info(
         "evaluate: O-R@1 %.2f (pretrained %.2f), O-mAP %.2f (%.2f), I-R@1 %.2f (%.2f), I-mAP %.2f (%.2f)",

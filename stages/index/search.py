@@ -9,14 +9,17 @@ import cv2
 import faiss
 import numpy as np
 import pandas as pd
+import torch
 
 from stages import layout
 from stages.boxes import clip_boxes
+from stages.config import Params
 from stages.data.table import load_split
 from stages.errors import UserError
 from stages.extract.crops import crop_boxes, read_image
 from stages.index import pretrained_model
 from stages.index.embed import crops_to_tensor
+from stages.index.faiss_index import load_for_search
 from stages.shards import BOX_COLUMNS
 from stages.train.model import load_model
 
@@ -48,21 +51,42 @@ def query_crop(image_path: Path, box: tuple[float, float, float, float] | None, 
     return crop_boxes(image, clipped, crop_size)[0]
 
 
-def search(crop: np.ndarray, k: int, embedding: str = "model") -> list[Hit]:
+def default_target(params: Params) -> tuple[str, str]:
+    """(backbone, dataset) searched by default: the first backbone and the training dataset."""
+    backbones = getattr(params, "backbones", None) or [params.train.backbone]
+    dataset = getattr(params, "train_on", None) or params.data.source
+    return backbones[0], dataset
+
+
+def search_paths(backbone: str, dataset: str) -> tuple[Path, Path, Path]:
+    """(index dir, model file, test split JSON) of one backbone on one dataset.
+
+    The single-dataset layout for now: layout.index_dir(backbone, dataset), layout.model_dir(backbone)
+    and layout.dataset_dir(dataset) once the stages are rewired.
+    """
+    return layout.INDEX, layout.MODELS / "model.pt", layout.DATASET / "test.json"
+
+
+def search(crop: np.ndarray, k: int, embedding: str = "model", params: Params | None = None,
+           backbone: str | None = None, dataset: str | None = None) -> list[Hit]:
     """The k gallery objects nearest to a query crop (RGB uint8), with the 'model' or 'pretrained' embedding."""
-    index_file = layout.INDEX / embedding / "gallery.faiss"
+    params = params or Params()
+    default_backbone, default_dataset = default_target(params)
+    index_dir, model_file, test_json = search_paths(backbone or default_backbone, dataset or default_dataset)
+    index_file = index_dir / embedding / "gallery.faiss"
     if not index_file.exists():
         raise UserError(f"no index at {index_file}: build it first with `dvc repro` (or `python -m stages index`)")
-    model, meta = load_model(layout.MODELS / "model.pt")
+    model, meta = load_model(model_file)
     if embedding == "pretrained":
         model = pretrained_model(meta)
-    q = model.embed(crops_to_tensor([crop], meta["input_size"]).float().div_(255)).numpy()
-    index = faiss.read_index(str(index_file))
+    with torch.no_grad():
+        q = model.embed(crops_to_tensor([crop], meta["input_size"]).float().div_(255)).numpy()
+    index = load_for_search(index_file, params.index)
     dist, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
-    gallery = pd.read_parquet(layout.INDEX / "gallery.parquet")
-    paths = load_split(layout.DATASET / "test.json").images.set_index("image_id")["path"]
+    gallery = pd.read_parquet(index_dir / "gallery.parquet", columns=["object_id", "image_id", *BOX_COLUMNS])
+    paths = load_split(test_json).images.set_index("image_id")["path"]
     hits = []
-    for rank, (r, d) in enumerate(zip(rows[0], dist[0]), start=1):
+    for rank, (r, d) in enumerate(zip(rows[0], dist[0]), start=1):  # k hits
         if r < 0:
             continue
         g = gallery.iloc[int(r)]
