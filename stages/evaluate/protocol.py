@@ -178,6 +178,7 @@ def evaluate_index(
     params: Params,
     metrics_path: Path | None = None,
     plots_dir: Path | None = None,
+    embeddings: tuple[str, ...] = EMBEDDINGS,
 ) -> dict:
     """Metrics of every embedding indexed in ``index_dir`` on the dataset split ``test``.
 
@@ -185,7 +186,7 @@ def evaluate_index(
     gallery.faiss + queries.npy); ``test`` the COCO table of the split it indexed (its GT boxes,
     queries or not, label the gallery); ``tasks`` the training dataset's ``tasks.json``.
     Writes the metrics JSON to ``metrics_path`` and the pictures (per-bucket bars, retrieval
-    examples) into ``plots_dir`` when given.  Keys: ``<embedding>.<subset>.<level>-<metric>``,
+    examples) into ``plots_dir`` when given.  ``embeddings``: the subfolders of ``index_dir`` to score.  Keys: ``<embedding>.<subset>.<level>-<metric>``,
     e.g. ``model.all.O-R@1``, ``model.size_0-20.O-mAP`` (paper mAP), ``O-mAP_std`` (standard AP).
     """
     from stages.index.faiss_index import load_for_search
@@ -213,7 +214,7 @@ def evaluate_index(
 
     metrics: dict = {"groups": params.groups, "task": params.task, "gallery": len(gallery), "queries": len(queries)}
     scores: dict[str, Scores] = {}
-    for name in EMBEDDINGS:
+    for name in embeddings:
         index_file = index_dir / name / "gallery.faiss"
         if not index_file.exists():
             raise FileNotFoundError(f"{index_file} not found; run the index stage first")
@@ -232,7 +233,7 @@ def evaluate_index(
         metrics[name] = result
     if metrics_path is not None:
         _atomic_json(metrics_path, metrics)
-    if plots_dir is not None:
+    if plots_dir is not None and "model" in scores:
         from stages.evaluate.plots import write_bucket_plots, write_examples_sheet
 
         write_bucket_plots(metrics, plots_dir)

@@ -17,7 +17,7 @@ from stages.config import Params
 from stages.data.table import load_split
 from stages.errors import UserError
 from stages.extract.crops import crop_boxes, read_image
-from stages.index import pretrained_model
+from stages.index.build import pretrained_model
 from stages.index.embed import crops_to_tensor
 from stages.index.faiss_index import load_for_search
 from stages.shards import BOX_COLUMNS
