@@ -81,7 +81,9 @@ def empty_index(kind: str, d: int, n: int, params: IndexParams) -> faiss.Index:
     if kind == "ivfpq":
         cfg = params.ivfpq
         nlist = cfg.nlist or auto_nlist(n)
-        return faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, pq_subquantizers(cfg.m, d), cfg.nbits)
+        # a tiny gallery cannot train 2**nbits PQ centroids: fewer bits then (k-means needs n >= k)
+        nbits = min(cfg.nbits, max(1, int(math.log2(max(n, 2)))))
+        return faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, pq_subquantizers(cfg.m, d), nbits)
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, params.hnsw.M)
         index.hnsw.efConstruction = params.hnsw.ef_construction

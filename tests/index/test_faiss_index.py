@@ -89,3 +89,11 @@ def test_auto_uses_ivfpq_above_flat_max_and_needs_a_sample():
         build_from_chunks([x], 2000, 16, params)
     flat, kind = build_from_chunks([x[:500], x[500:]], 2000, 16, IndexParams(type="auto", flat_max=5000))
     assert kind == "flat" and flat.ntotal == 2000
+
+
+def test_tiny_gallery_gets_fewer_pq_bits():
+    from stages.index.faiss_index import empty_index
+
+    index = empty_index("ivfpq", 16, 100, IndexParams(ivfpq={"m": 4}))
+    assert index.pq.nbits == 6 and faiss.extract_index_ivf(index).nlist == 2  # 2**6 <= 100 points; 100 // 39 lists
+    assert empty_index("ivfpq", 16, 10**6, IndexParams(ivfpq={"m": 4})).pq.nbits == 8
