@@ -100,7 +100,8 @@ def _train_size(index: faiss.Index, n: int, params: IndexParams) -> int:
 def _to_single_gpu(index: faiss.Index):
     res = faiss.StandardGpuResources()
     co = faiss.GpuClonerOptions()
-    co.useFloat16 = True  # IVF-PQ lookup tables in half precision: needed for m = 64 codes
+    # IVF-PQ: half-precision lookup tables (needed for m = 64 codes); Flat stays float32 (exact)
+    co.useFloat16 = faiss.try_extract_index_ivf(index) is not None
     return faiss.index_cpu_to_gpu(res, 0, index, co), res
 
 
@@ -115,7 +116,7 @@ def build_from_chunks(
     kind = resolve_type(params.type, n, params.flat_max)
     index = empty_index(kind, d, n, params)
     gpu = kind != "hnsw" and gpu_count(params.gpu) > 0
-    if gpu:  # pragma: no cover - needs the FAISS GPU build and a GPU
+    if gpu:
         index, _res = _to_single_gpu(index)
     if not index.is_trained:
         if train_sample is None or len(train_sample) == 0:
@@ -123,7 +124,7 @@ def build_from_chunks(
         index.train(np.ascontiguousarray(train_sample, dtype=np.float32))
     for chunk in tqdm(chunks, desc=desc, unit="chunk", disable=desc is None):
         index.add(np.ascontiguousarray(chunk, dtype=np.float32))
-    if gpu:  # pragma: no cover
+    if gpu:
         index = faiss.index_gpu_to_cpu(index)
     return index, kind
 
@@ -158,14 +159,12 @@ def load_for_search(path: Path, params: IndexParams) -> faiss.Index:
     index = faiss.read_index(str(path))
     set_search_params(index, params)
     n_gpu = gpu_count(params.gpu)
-    if n_gpu and not isinstance(faiss.downcast_index(index), faiss.IndexHNSW):  # pragma: no cover - GPU build only
+    if n_gpu and not isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+        is_ivf = faiss.try_extract_index_ivf(index) is not None
         co = faiss.GpuMultipleClonerOptions()
         co.shard = n_gpu > 1  # each GPU holds 1/n of the gallery (IndexShards), results merged
-        co.useFloat16 = True
+        co.useFloat16 = is_ivf  # IVF-PQ lookup tables in half precision; Flat stays exact
         index = faiss.index_cpu_to_all_gpus(index, co)
-        if hasattr(faiss, "GpuParameterSpace"):
-            ps = faiss.GpuParameterSpace()
-            ps.initialize(index)
-            if "nprobe" in [ps.parameter_ranges.at(i).name for i in range(ps.parameter_ranges.size())]:
-                ps.set_index_parameter(index, "nprobe", params.ivfpq.nprobe)
+        if is_ivf:  # nprobe on every shard
+            faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", params.ivfpq.nprobe)
     return index

@@ -97,3 +97,67 @@ def test_tiny_gallery_gets_fewer_pq_bits():
     index = empty_index("ivfpq", 16, 100, IndexParams(ivfpq={"m": 4}))
     assert index.pq.nbits == 6 and faiss.extract_index_ivf(index).nlist == 2  # 2**6 <= 100 points; 100 // 39 lists
     assert empty_index("ivfpq", 16, 10**6, IndexParams(ivfpq={"m": 4})).pq.nbits == 8
+
+
+class _FakeGpuFaiss:
+    """Records what the GPU code path asks of a FAISS GPU build (absent here) and keeps the CPU index."""
+
+    def __init__(self, monkeypatch, n_gpus):
+        self.calls = []
+        calls = self.calls
+
+        class Options:
+            shard = False
+            useFloat16 = False
+
+        class ParameterSpace:
+            def set_index_parameter(self, index, name, value):
+                calls.append(("param", name, value))
+
+        def to_gpu(res, device, index, co):
+            calls.append(("to_gpu", device, co.useFloat16))
+            return index
+
+        def to_all(index, co):
+            calls.append(("to_all", co.shard, co.useFloat16))
+            return index
+
+        for name, value in {
+            "StandardGpuResources": object, "GpuClonerOptions": Options, "GpuMultipleClonerOptions": Options,
+            "GpuParameterSpace": ParameterSpace, "get_num_gpus": lambda: n_gpus, "index_cpu_to_gpu": to_gpu,
+            "index_cpu_to_all_gpus": to_all, "index_gpu_to_cpu": lambda index: calls.append(("to_cpu",)) or index,
+        }.items():
+            monkeypatch.setattr(faiss, name, value, raising=False)
+
+
+def test_gpu_dispatch(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    x = _clustered(rng, 1000, d=16)
+    fake = _FakeGpuFaiss(monkeypatch, n_gpus=2)
+    assert gpu_count(True) == 2 and gpu_count(False) == 0
+    ivf = IndexParams(type="ivfpq", ivfpq={"nlist": 8, "m": 4, "nbits": 6, "nprobe": 4})
+    index, _ = build_from_chunks([x], 1000, 16, ivf, train_sample=x)
+    assert fake.calls == [("to_gpu", 0, True), ("to_cpu",)]  # built on GPU 0, half-precision PQ tables
+    faiss.write_index(index, str(tmp_path / "ivf.faiss"))
+    fake.calls.clear()
+    load_for_search(tmp_path / "ivf.faiss", ivf)
+    assert fake.calls == [("to_all", True, True), ("param", "nprobe", 4)]  # sharded over the 2 GPUs
+
+    fake.calls.clear()
+    flat, _ = build_from_chunks([x], 1000, 16, IndexParams(type="flat"))
+    faiss.write_index(flat, str(tmp_path / "flat.faiss"))
+    load_for_search(tmp_path / "flat.faiss", IndexParams(type="flat"))
+    assert fake.calls == [("to_gpu", 0, False), ("to_cpu",), ("to_all", True, False)]  # Flat stays float32
+
+    fake.calls.clear()
+    hnsw, _ = build_from_chunks([x], 1000, 16, IndexParams(type="hnsw"))
+    faiss.write_index(hnsw, str(tmp_path / "hnsw.faiss"))
+    load_for_search(tmp_path / "hnsw.faiss", IndexParams(type="hnsw"))
+    build_from_chunks([x], 1000, 16, IndexParams(type="flat", gpu=False))
+    assert fake.calls == []  # HNSW on the CPU; gpu: false keeps everything on the CPU
+
+    _FakeGpuFaiss(monkeypatch, n_gpus=1)
+    calls = []
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index, co: calls.append(co.shard) or index)
+    load_for_search(tmp_path / "flat.faiss", IndexParams(type="flat"))
+    assert calls == [False]  # one GPU: no sharding
