@@ -115,8 +115,10 @@ def train(params: Path = ParamsOption) -> None:
 def index(params: Path = ParamsOption) -> None:
     """Embed gallery objects (test split) and query boxes (test GT), build FAISS indexes.
 
-    Params: extract.crop_size, index.* . Writes index/{model,pretrained}/ (gallery.faiss,
-    queries.npy) and index/{gallery,queries}.parquet.
+    Params: seed, extract.crop_size, index.* . Streamed: crops are decoded and embedded
+    index.chunk_rows at a time. Writes index/{model,pretrained}/ (gallery-NNNNN.npy embedding
+    shards, gallery.faiss, queries.npy) and index/{gallery,queries}.parquet. index.type:
+    auto (flat up to index.flat_max objects, ivfpq above), flat, ivfpq or hnsw.
     """
     from stages.index import run
 
@@ -127,9 +129,11 @@ def index(params: Path = ParamsOption) -> None:
 def evaluate(params: Path = ParamsOption) -> None:
     """Object- and image-level Recall@k and mAP into metrics/retrieval.json.
 
-    Params: groups, task, evaluate.* . Object level: IoU >= evaluate.object_iou with a GT box
-    of the query's class; image level: any overlap. For all / known / unknown classes, for
-    the trained model ('model') and the untrained backbone ('pretrained').
+    Params: seed, groups, task, evaluate.*, index search knobs. Object level: IoU >=
+    evaluate.object_iou with a GT box of the query's class; image level: any overlap. For all /
+    known / unknown classes and query-size buckets, for the trained model ('model') and the
+    untrained backbone ('pretrained'). Queries are searched evaluate.query_chunk at a time.
+    Pictures in metrics/plots/: buckets.csv + buckets.png, examples.png.
     """
     from stages.evaluate import run
 
