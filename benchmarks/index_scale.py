@@ -14,7 +14,8 @@ rows (the chunks are i.i.d., so this is a uniform sample), then the chunks added
   bytes (the raw float32 gallery).
 * ``index_recall_at_1``: share of the 10,000 queries whose IVF-PQ top-1 is their exact nearest
   neighbour over the whole gallery; the exact search streams the regenerated chunks through
-  ``faiss.knn`` (same seed, same chunks) and keeps each query's best.
+  ``faiss.knn`` (same seed, same chunks) and keeps each query's best.  Also
+  ``index_recall_1_at_10``: the exact nearest neighbour is among the IVF-PQ top 10.
 
 Writes index_memory_ratio, index_recall_at_1 and gallery_size into benchmarks/results/scale_out.json
 (read-modify-write: the Ray benchmark writes its keys into the same file).
@@ -77,9 +78,9 @@ def build_and_search(n: int, n_queries: int, out: Path) -> dict:
     build_s = time.perf_counter() - t0
     set_search_params(index, params)
     t0 = time.perf_counter()
-    _, ids = index.search(queries(n_queries), 1)
+    _, ids = index.search(queries(n_queries), 10)
     search_s = time.perf_counter() - t0
-    np.save(out / "ivfpq.npy", ids[:, 0])
+    np.save(out / "ivfpq.npy", ids)
     assert kind == "ivfpq" and index.ntotal == n
     return {"build_s": build_s, "search_s": search_s, "index_bytes": int(faiss.serialize_index(index).size)}
 
@@ -127,7 +128,9 @@ def main() -> None:
     print(f"IVF-PQ: built in {idx['build_s']:.0f} s, searched in {idx['search_s']:.0f} s, peak {idx['peak_gb']:.2f} GB", flush=True)
     ex = _child("exact", args, out)
     print(f"exact search: {ex['exact_s']:.0f} s", flush=True)
-    recall = float((np.load(out / "ivfpq.npy") == np.load(out / "exact.npy")).mean())
+    approx, truth = np.load(out / "ivfpq.npy"), np.load(out / "exact.npy")
+    recall = float((approx[:, 0] == truth).mean())
+    recall_10 = float((approx == truth[:, None]).any(axis=1).mean())
     raw_gb = args.gallery * DIM * 4 / 1024**3
     keys = {
         "index_memory_ratio": round(idx["peak_gb"] / raw_gb, 4),
@@ -136,6 +139,7 @@ def main() -> None:
         "index_peak_gb": round(idx["peak_gb"], 3),
         "index_raw_gb": round(raw_gb, 3),
         "index_file_gb": round(idx["index_bytes"] / 1024**3, 3),
+        "index_recall_1_at_10": round(recall_10, 4),
         "index_recall_queries": args.queries,
         "index_type": "ivfpq nlist=1024 m=64 nbits=8 nprobe=32",
         "index_build_s": round(idx["build_s"], 1),
