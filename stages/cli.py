@@ -135,8 +135,10 @@ def train(backbone: str = BackboneOption, params: Path = ParamsOption) -> None:
 def index(backbone: str = BackboneOption, dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
     """Embed a dataset's gallery objects (test split) and query boxes (test GT), build FAISS indexes.
 
-    Params: extract.crop_size, index.* . Writes index/<backbone>/<dataset>/{model,pretrained}/
-    (gallery.faiss, queries.npy) and index/<backbone>/<dataset>/{gallery,queries}.parquet.
+    Params: seed, extract.crop_size, index.* . Streamed: crops are decoded and embedded
+    index.chunk_rows at a time. Writes index/{model,pretrained}/ (gallery-NNNNN.npy embedding
+    shards, gallery.faiss, queries.npy) and index/{gallery,queries}.parquet. index.type:
+    auto (flat up to index.flat_max objects, ivfpq above), flat, ivfpq or hnsw.
     """
     from stages.index import run
 
@@ -147,9 +149,11 @@ def index(backbone: str = BackboneOption, dataset: str = DatasetOption, params: 
 def evaluate(backbone: str = BackboneOption, dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
     """Object- and image-level Recall@k and mAP into metrics/<backbone>/<dataset>.json.
 
-    Params: groups, task, evaluate.* . Object level: IoU >= evaluate.object_iou with a GT box
-    of the query's class; image level: any overlap. For all / known / unknown classes, for
-    the trained model ('model') and the untrained backbone ('pretrained').
+    Params: seed, groups, task, evaluate.*, index search knobs. Object level: IoU >=
+    evaluate.object_iou with a GT box of the query's class; image level: any overlap. For all /
+    known / unknown classes and query-size buckets, for the trained model ('model') and the
+    untrained backbone ('pretrained'). Queries are searched evaluate.query_chunk at a time.
+    Pictures in metrics/<backbone>/<dataset>/: buckets.csv + buckets.png, examples.png.
     """
     from stages.evaluate import run
 
@@ -183,7 +187,7 @@ def search_cmd(
 
     def _search(p) -> None:
         crop = query_crop(image, query_box, p.extract.crop_size)
-        hits = search(crop, k, p.backbone(backbone), p.dataset(dataset), embedding)
+        hits = search(crop, k, p, p.backbone(backbone), p.dataset(dataset), embedding)
         typer.echo(f"{'rank':>4}  {'object':>8}  {'image':>6}  {'box (x1 y1 x2 y2)':28s} {'distance':>8}  path")
         for h in hits:
             b = " ".join(f"{v:6.1f}" for v in h.box)

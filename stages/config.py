@@ -196,15 +196,42 @@ class TrainParams(_Strict):
         return self
 
 
+class IvfPqParams(_Strict):
+    """IVF-PQ: inverted lists over a coarse k-means, product-quantised residuals (compressed)."""
+
+    nlist: int = Field(0, ge=0, description="inverted lists; 0 = auto: 4*sqrt(N) rounded to a power of two, in [16, 65536]")
+    m: int = Field(64, ge=1, description="PQ sub-quantizers (bytes per vector at nbits 8); lowered to a divisor of the dimension")
+    nbits: int = Field(8, ge=4, le=12, description="bits per PQ code")
+    nprobe: int = Field(32, ge=1, description="inverted lists visited per query at search time")
+    train_size: int = Field(0, ge=0, description="training sample (rows drawn across the shards); 0 = auto: min(N, max(64*nlist, 65536))")
+
+
+class HnswParams(_Strict):
+    """HNSW graph over the full vectors (no compression, fast approximate search)."""
+
+    M: int = Field(32, ge=4, description="graph neighbours per node")
+    ef_construction: int = Field(80, ge=8, description="candidate list size while building")
+    ef_search: int = Field(128, ge=1, description="candidate list size at search time")
+
+
 class IndexParams(_Strict):
-    type: Literal["flat"] = Field("flat", description="FAISS index type")
+    type: Literal["auto", "flat", "ivfpq", "hnsw"] = Field(
+        "auto", description="FAISS index: flat (exact), ivfpq (compressed), hnsw (graph); auto = flat up to flat_max objects, ivfpq above"
+    )
+    flat_max: int = Field(1_000_000, ge=1, description="largest gallery that auto indexes exactly (Flat: 4*d bytes per object)")
     batch_size: int = Field(256, ge=1, description="crops per embedding batch")
+    chunk_rows: int = Field(50_000, ge=1, description="gallery crops decoded and embedded per chunk = rows per embedding shard")
+    gpu: bool = Field(True, description="use FAISS GPU (all GPUs, sharded) when the GPU build sees a GPU")
+    ivfpq: IvfPqParams = IvfPqParams()
+    hnsw: HnswParams = HnswParams()
 
 
 class EvaluateParams(_Strict):
     object_iou: float = Field(0.3, gt=0, le=1, description="object-level relevance IoU threshold")
     topk: int = Field(100, ge=1, description="length of the returned list per query")
     exclude_same_image: bool = Field(True, description="drop gallery objects of the query's own image (paper: false)")
+    query_chunk: int = Field(4096, ge=1, description="queries searched and scored per chunk (bounds memory)")
+    examples: int = Field(6, ge=0, le=20, description="queries on the retrieval-examples sheet (seeded, spread over size buckets)")
 
 
 class BackboneOptions(_Strict):

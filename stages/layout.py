@@ -9,6 +9,7 @@ DVC ``matrix`` stages in dvc.yaml)::
     models/<backbone>/           model.pt, checkpoint.pt, train_log.tsv, params.json
     index/<backbone>/<dataset>/  FAISS gallery indexes and query embeddings
     metrics/<backbone>/<dataset>.json   retrieval metrics (committed, cache: false)
+    metrics/<backbone>/<dataset>/       their pictures (per-size bars, retrieval examples)
 """
 
 from pathlib import Path
@@ -52,3 +53,8 @@ def index_dir(backbone: str, dataset: str) -> Path:
 def metrics_file(backbone: str, dataset: str) -> Path:
     """Retrieval metrics of one backbone's model on one dataset."""
     return METRICS / backbone / f"{dataset}.json"
+
+
+def plots_dir(backbone: str, dataset: str) -> Path:
+    """Pictures of one evaluation: buckets.csv / buckets.png (per query size), examples.png."""
+    return METRICS / backbone / dataset

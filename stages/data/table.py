@@ -25,7 +25,7 @@ class DatasetError(UserError, ValueError):
 @dataclass(frozen=True)
 class ImageTable:
     images: pd.DataFrame  # image_id, path (absolute), width, height
-    boxes: pd.DataFrame  # image_id, category_id, x1, y1, x2, y2 (ground truth)
+    boxes: pd.DataFrame  # image_id, category_id, x1, y1, x2, y2, query (ground truth)
     categories: pd.DataFrame  # category_id, name
 
     def box_array(self) -> np.ndarray:
@@ -63,6 +63,8 @@ def load_split(path: str | Path) -> ImageTable:
                 "y1": xywh[:, 1],
                 "x2": xywh[:, 0] + xywh[:, 2],
                 "y2": xywh[:, 1] + xywh[:, 3],
+                # False: a ground-truth box that labels gallery objects but is not a query
+                "query": np.asarray([bool(a.get("query", True)) for a in ann], dtype=bool),
             }
         )
         categories = pd.DataFrame(

@@ -38,3 +38,17 @@ def embed_tensor(
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def iter_encoded_chunks(paths: Sequence, columns: list[str], rows: int):
+    """Parquet object shards as DataFrame chunks of at most ``rows`` rows (``crop`` bytes included)."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+            yield batch.to_pandas()
+
+
+def embed_chunk(nets: Sequence, crops: torch.Tensor, batch: int) -> list[np.ndarray]:
+    """One chunk of uint8 crops through each of ``nets`` (their ``embed``), decoded once for all."""
+    return [embed_tensor(net.embed, crops, batch) for net in nets]

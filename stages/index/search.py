@@ -9,14 +9,17 @@ import cv2
 import faiss
 import numpy as np
 import pandas as pd
+import torch
 
 from stages import layout
 from stages.boxes import clip_boxes
+from stages.config import Params
 from stages.data.table import load_split
 from stages.errors import UserError
 from stages.extract.crops import crop_boxes, read_image
-from stages.index import pretrained_model
+from stages.index.build import pretrained_model
 from stages.index.embed import crops_to_tensor
+from stages.index.faiss_index import load_for_search
 from stages.shards import BOX_COLUMNS
 from stages.train.model import load_model
 
@@ -48,9 +51,9 @@ def query_crop(image_path: Path, box: tuple[float, float, float, float] | None, 
     return crop_boxes(image, clipped, crop_size)[0]
 
 
-def search(crop: np.ndarray, k: int, backbone: str, dataset: str, embedding: str = "model") -> list[Hit]:
+def search(crop: np.ndarray, k: int, params: Params, backbone: str, dataset: str, embedding: str = "model") -> list[Hit]:
     """The k gallery objects of ``dataset`` nearest to a query crop (RGB uint8), with ``backbone``'s
-    'model' (trained) or 'pretrained' embedding."""
+    'model' (trained) or 'pretrained' embedding (``params.index`` sets the search knobs)."""
     index_dir = layout.index_dir(backbone, dataset)
     index_file = index_dir / embedding / "gallery.faiss"
     if not index_file.exists():
@@ -58,13 +61,14 @@ def search(crop: np.ndarray, k: int, backbone: str, dataset: str, embedding: str
     model, meta = load_model(layout.model_dir(backbone) / "model.pt")
     if embedding == "pretrained":
         model = pretrained_model(meta)
-    q = model.embed(crops_to_tensor([crop], meta["input_size"]).float().div_(255)).numpy()
-    index = faiss.read_index(str(index_file))
+    with torch.no_grad():
+        q = model.embed(crops_to_tensor([crop], meta["input_size"]).float().div_(255)).numpy()
+    index = load_for_search(index_file, params.index)
     dist, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), min(k, index.ntotal))
-    gallery = pd.read_parquet(index_dir / "gallery.parquet")
+    gallery = pd.read_parquet(index_dir / "gallery.parquet", columns=["object_id", "image_id", *BOX_COLUMNS])
     paths = load_split(layout.dataset_dir(dataset) / "test.json").images.set_index("image_id")["path"]
     hits = []
-    for rank, (r, d) in enumerate(zip(rows[0], dist[0]), start=1):
+    for rank, (r, d) in enumerate(zip(rows[0], dist[0]), start=1):  # k hits
         if r < 0:
             continue
         g = gallery.iloc[int(r)]

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 
 from stages.boxes import paired_iou
 
-__all__ = ["ANY_OVERLAP", "relevant_classes", "relevance_matrix"]
+__all__ = ["ANY_OVERLAP", "relevant_classes", "relevance_matrix", "RelevanceLookup", "drop_same_image"]
 
 #: IoU threshold meaning "any overlap" (image-level relevance): IoU strictly above it.
 ANY_OVERLAP = 1e-10
@@ -113,6 +113,84 @@ def _lookup(sorted_keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.
     return pos_c, (pos < sorted_keys.size) & (sorted_keys[pos_c] == query)
 
 
+def drop_same_image(ranked: np.ndarray, query_image: np.ndarray, gallery_image: np.ndarray) -> np.ndarray:
+    """``ranked`` without the items of each query's own image: later items shift left, the tail is -1."""
+    ranked = np.asarray(ranked, dtype=np.int64)
+    valid = ranked >= 0
+    same = valid & (gallery_image[np.where(valid, ranked, 0)] == query_image[:, None])
+    keep = valid & ~same
+    # stable argsort on "dropped" moves kept items to the front in their original order
+    order = np.argsort(~keep, axis=1, kind="stable")
+    return np.where(np.take_along_axis(keep, order, axis=1), np.take_along_axis(ranked, order, axis=1), -1)
+
+
+class RelevanceLookup:
+    """A gallery's relevance labels prepared once, looked up for any number of query chunks.
+
+    ``labels`` is the ``[G, C]`` output of :func:`relevant_classes`; ``gallery_image`` the image
+    of each gallery row (needed to exclude a query's own image).  Preparation sorts the true
+    entries once (``O(nnz log nnz)``); each lookup is a ``searchsorted`` of the chunk's ``[Q, K]``
+    ranks, so a streamed evaluation costs the same as one over all queries at once.
+    """
+
+    def __init__(self, labels: sp.spmatrix, gallery_image: np.ndarray | None = None):
+        rows, cols, self.keys, self.n_cls = _label_keys(labels)
+        self.n_gallery = int(labels.shape[0])
+        self.per_class = np.bincount(cols, minlength=self.n_cls).astype(np.int64)
+        self.gallery_image = None
+        if gallery_image is not None:
+            self.gallery_image = np.asarray(gallery_image, dtype=np.int64).reshape(-1)
+            if self.gallery_image.shape[0] != self.n_gallery:
+                raise ValueError(f"gallery_image has {self.gallery_image.shape[0]} entries for {self.n_gallery} gallery rows")
+            # relevant items per (image, class), to subtract a query's own image
+            self.images = np.unique(self.gallery_image)
+            img_idx = np.searchsorted(self.images, self.gallery_image[rows])
+            self.pair_keys, self.pair_counts = np.unique(img_idx * np.int64(self.n_cls) + cols, return_counts=True)
+
+    def __call__(
+        self,
+        ranked: np.ndarray,
+        query_class: np.ndarray,
+        query_image: np.ndarray | None = None,
+        exclude_same_image: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rel, n_relevant_total, ranked)`` of one chunk; see :func:`relevance_matrix`.
+
+        The returned ``ranked`` is the list the metrics score: the input, or with
+        ``exclude_same_image`` the input without the query's own image (-1 padded).
+        """
+        ranked = np.asarray(ranked, dtype=np.int64)
+        if ranked.ndim != 2:
+            raise ValueError(f"ranked must be [Q, K], got shape {ranked.shape}")
+        n_q = ranked.shape[0]
+        query_class = np.asarray(query_class, dtype=np.int64).reshape(-1)
+        if query_class.shape[0] != n_q:
+            raise ValueError(f"query_class has {query_class.shape[0]} entries for {n_q} queries")
+        if ranked.size and ranked.max() >= self.n_gallery:
+            raise ValueError(f"ranked holds gallery index {ranked.max()} >= gallery size {self.n_gallery}")
+        n_cls = self.n_cls
+        class_ok = (query_class >= 0) & (query_class < n_cls)
+        safe_class = np.clip(query_class, 0, max(n_cls - 1, 0))
+        n_total = np.where(class_ok, self.per_class[safe_class] if n_cls else 0, 0).astype(np.int64).reshape(n_q)
+
+        if exclude_same_image:
+            if query_image is None or self.gallery_image is None:
+                raise ValueError("exclude_same_image needs query_image and gallery_image")
+            query_image = np.asarray(query_image, dtype=np.int64).reshape(-1)
+            if query_image.shape[0] != n_q:
+                raise ValueError("query_image must be [Q]")
+            ranked = drop_same_image(ranked, query_image, self.gallery_image)
+            q_img_pos, q_img_found = _lookup(self.images, query_image)
+            pos, found_pair = _lookup(self.pair_keys, q_img_pos * np.int64(n_cls) + safe_class)
+            own = np.where(found_pair & q_img_found & class_ok, self.pair_counts[pos] if self.pair_counts.size else 0, 0)
+            n_total = n_total - own.astype(np.int64)
+
+        valid = ranked >= 0
+        _, found = _lookup(self.keys, np.where(valid, ranked, 0) * np.int64(n_cls) + query_class[:, None])
+        rel = found & valid & class_ok[:, None]
+        return rel, n_total, ranked
+
+
 def relevance_matrix(
     ranked: np.ndarray,
     query_class: np.ndarray,
@@ -133,52 +211,11 @@ def relevance_matrix(
     * ``n_relevant_total``: int64 ``[Q]``, how many gallery items are relevant to the query in the
       whole gallery (minus those in the query's own image when excluding).
 
-    Query classes outside ``[0, C)`` have no relevant item.
+    Query classes outside ``[0, C)`` have no relevant item.  For many query chunks against one
+    gallery, build a :class:`RelevanceLookup` once instead.
     """
-    ranked = np.asarray(ranked, dtype=np.int64)
-    if ranked.ndim != 2:
-        raise ValueError(f"ranked must be [Q, K], got shape {ranked.shape}")
-    n_q = ranked.shape[0]
-    query_class = np.asarray(query_class, dtype=np.int64).reshape(-1)
-    if query_class.shape[0] != n_q:
-        raise ValueError(f"query_class has {query_class.shape[0]} entries for {n_q} queries")
-    n_gallery = int(labels.shape[0])
-    if ranked.size and ranked.max() >= n_gallery:
-        raise ValueError(f"ranked holds gallery index {ranked.max()} >= gallery size {n_gallery}")
-
-    rows, cols, keys, n_cls = _label_keys(labels)
-    class_ok = (query_class >= 0) & (query_class < n_cls)
-    valid = ranked >= 0
-
-    lookup = np.where(valid, ranked, 0) * np.int64(n_cls) + query_class[:, None]
-    _, found = _lookup(keys, lookup)
-    rel = found & valid & class_ok[:, None]
-
-    per_class = np.bincount(cols, minlength=n_cls).astype(np.int64)
-    n_total = np.where(class_ok, per_class[np.clip(query_class, 0, max(n_cls - 1, 0))] if n_cls else 0, 0)
-    n_total = np.asarray(n_total, dtype=np.int64).reshape(n_q)
-
-    if exclude_same_image:
-        if query_image is None or gallery_image is None:
-            raise ValueError("exclude_same_image needs query_image and gallery_image")
-        query_image = np.asarray(query_image, dtype=np.int64).reshape(-1)
-        gallery_image = np.asarray(gallery_image, dtype=np.int64).reshape(-1)
-        if query_image.shape[0] != n_q or gallery_image.shape[0] != n_gallery:
-            raise ValueError("query_image must be [Q] and gallery_image [G]")
-        same = valid & (gallery_image[np.where(valid, ranked, 0)] == query_image[:, None])
-        keep = valid & ~same
-        # stable argsort on "dropped" moves kept items to the front in their original order
-        order = np.argsort(~keep, axis=1, kind="stable")
-        rel = np.take_along_axis(rel & keep, order, axis=1)
-
-        # relevant items in the query's own image, from per-(image, class) counts
-        images = np.unique(gallery_image)
-        img_idx = np.searchsorted(images, gallery_image[rows])
-        pair_keys, pair_counts = np.unique(img_idx * np.int64(n_cls) + cols, return_counts=True)
-        q_img_pos, q_img_found = _lookup(images, query_image)
-        q_keys = q_img_pos * np.int64(n_cls) + query_class
-        pos, found_pair = _lookup(pair_keys, q_keys)
-        own = np.where(found_pair & q_img_found & class_ok, pair_counts[pos] if pair_counts.size else 0, 0)
-        n_total = n_total - own.astype(np.int64)
-
-    return rel, n_total
+    if exclude_same_image and (query_image is None or gallery_image is None):
+        raise ValueError("exclude_same_image needs query_image and gallery_image")
+    lookup = RelevanceLookup(labels, gallery_image if exclude_same_image else None)
+    rel, total, _ = lookup(ranked, query_class, query_image, exclude_same_image)
+    return rel, total

@@ -19,6 +19,8 @@ __all__ = [
     "ap_standard",
     "precision_at_k",
     "mp_at_k",
+    "per_query_metrics",
+    "summarize_per_query",
     "summarize",
 ]
 
@@ -107,6 +109,41 @@ def metric_keys(ks: Sequence[int] = (1, 5, 10), mp_k: int = 5) -> list[str]:
     return [f"R@{int(k)}" for k in ks] + ["mAP", "mAP_std", f"P@{mp_k}", f"mMP@{mp_k}"]
 
 
+def per_query_metrics(
+    rel: np.ndarray, n_relevant_total: np.ndarray, ks: Sequence[int] = (1, 5, 10), mp_k: int = 5
+) -> dict[str, np.ndarray]:
+    """Every metric of :func:`metric_keys` per query (fractions in [0, 1], NaN where undefined)."""
+    rel = _as_rel(rel)
+    total = _as_total(n_relevant_total, rel.shape[0])
+    per_query: dict[str, np.ndarray] = {f"R@{int(k)}": recall_at_k(rel, k) for k in ks}
+    per_query["mAP"] = ap_truncated(rel)
+    per_query["mAP_std"] = ap_standard(rel, total)
+    per_query[f"P@{mp_k}"] = precision_at_k(rel, mp_k)
+    per_query[f"mMP@{mp_k}"] = mp_at_k(rel, total, mp_k)
+    return per_query
+
+
+def summarize_per_query(
+    per_query: Mapping[str, np.ndarray], n_relevant_total: np.ndarray, masks: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, int | float | None]]:
+    """Average per-query metrics (possibly gathered chunk by chunk) over each query subset; see :func:`summarize`."""
+    total = np.asarray(n_relevant_total, dtype=np.int64).reshape(-1)
+    n_q = total.shape[0]
+    out: dict[str, dict[str, int | float | None]] = {}
+    for name, mask in masks.items():  # a handful of subsets, not queries
+        mask = np.asarray(mask, dtype=bool).reshape(-1)
+        if mask.shape[0] != n_q:
+            raise ValueError(f"mask {name!r} has {mask.shape[0]} entries for {n_q} queries")
+        entry: dict[str, int | float | None] = {
+            "queries": int(mask.sum()),
+            "no_relevant": int((total[mask] == 0).sum()),
+        }
+        for key, values in per_query.items():
+            entry[key] = _percent(np.asarray(values)[mask])
+        out[str(name)] = entry
+    return out
+
+
 def summarize(
     rel: np.ndarray,
     n_relevant_total: np.ndarray,
@@ -128,24 +165,5 @@ def summarize(
     Values are percent, rounded to 4 decimals; a metric with no query to average is None.
     """
     rel = _as_rel(rel)
-    n_q = rel.shape[0]
-    total = _as_total(n_relevant_total, n_q)
-    per_query: dict[str, np.ndarray] = {f"R@{int(k)}": recall_at_k(rel, k) for k in ks}
-    per_query["mAP"] = ap_truncated(rel)
-    per_query["mAP_std"] = ap_standard(rel, total)
-    per_query[f"P@{mp_k}"] = precision_at_k(rel, mp_k)
-    per_query[f"mMP@{mp_k}"] = mp_at_k(rel, total, mp_k)
-
-    out: dict[str, dict[str, int | float | None]] = {}
-    for name, mask in masks.items():  # a handful of subsets, not queries
-        mask = np.asarray(mask, dtype=bool).reshape(-1)
-        if mask.shape[0] != n_q:
-            raise ValueError(f"mask {name!r} has {mask.shape[0]} entries for {n_q} queries")
-        entry: dict[str, int | float | None] = {
-            "queries": int(mask.sum()),
-            "no_relevant": int((total[mask] == 0).sum()),
-        }
-        for key, values in per_query.items():
-            entry[key] = _percent(values[mask])
-        out[str(name)] = entry
-    return out
+    total = _as_total(n_relevant_total, rel.shape[0])
+    return summarize_per_query(per_query_metrics(rel, total, ks, mp_k), total, masks)

@@ -44,6 +44,7 @@ def run(params: Params) -> None:
         "task": params.task,
         "tasks": [cats["name"][task_index == t].tolist() for t in range(4)],
         "known": known_ids.tolist(),
+        "known_names": cats["name"][known].tolist(),  # other datasets match known classes by name
         "unknown": cats["category_id"].to_numpy(np.int64)[~known].tolist(),
     }
     (out / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")

@@ -60,3 +60,22 @@ def test_every_source_dispatches_and_unknown_fails(tmp_path):
             build_dataset(name, params, tmp_path)
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         build_dataset("imagenet", params, tmp_path)
+
+
+def test_load_split_reads_label_only_boxes(tmp_path):
+    import json
+
+    from stages.data.table import load_split
+
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4]},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [5, 5, 2, 2], "query": False},
+        ],
+        "categories": [{"id": 3, "name": "x"}],
+    }
+    (tmp_path / "test.json").write_text(json.dumps(coco))
+    boxes = load_split(tmp_path / "test.json").boxes
+    assert boxes["query"].tolist() == [True, False]
+    assert boxes[["x2", "y2"]].to_numpy().tolist() == [[4, 4], [7, 7]]

@@ -1,0 +1,128 @@
+"""Pictures of an evaluation: per-size-bucket bars and a retrieval-examples sheet (paper Fig. 7/9).
+
+* ``buckets.csv``: one row per query-size bucket of the trained model (bucket, queries, O-R@1,
+  O-mAP, I-R@1, I-mAP) -- a DVC plot (``bar_horizontal``), so ``dvc plots diff`` compares runs;
+  ``buckets.png``: the same bars for the trained model next to the untrained backbone.
+* ``examples.png``: a few queries (seeded, spread over the size buckets) and their top-5 gallery
+  objects, each drawn on its image, green when relevant (object level), red when not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from stages.extract.crops import crop_boxes, read_image  # noqa: E402
+from stages.shards import BOX_COLUMNS  # noqa: E402
+
+BUCKET_COLUMNS = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")
+GREEN, RED = "#1a9850", "#d73027"
+
+
+def bucket_table(metrics: dict, embedding: str = "model") -> pd.DataFrame:
+    """Per-size-bucket rows of one embedding's metrics (None -> empty cell)."""
+    from stages.evaluate.protocol import SIZE_BUCKETS
+
+    rows = []
+    for bucket in SIZE_BUCKETS:
+        entry = metrics[embedding][bucket]
+        rows.append({"bucket": bucket, "queries": entry["queries"], **{k: entry.get(k) for k in BUCKET_COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_bucket_plots(metrics: dict, plots_dir: Path) -> None:
+    """``buckets.csv`` (trained model) and ``buckets.png`` (model vs pretrained, O-R@1 and O-mAP)."""
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    table = bucket_table(metrics, "model")
+    tmp = plots_dir / "buckets.csv.tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, plots_dir / "buckets.csv")
+
+    names = [e for e in ("model", "pretrained") if e in metrics]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    y = np.arange(len(table))
+    height = 0.8 / len(names)
+    for ax, key in zip(axes, ("O-R@1", "O-mAP")):
+        for j, name in enumerate(names):
+            values = bucket_table(metrics, name)[key].astype(float).to_numpy()
+            bars = ax.barh(y + (j - (len(names) - 1) / 2) * height, np.nan_to_num(values), height, label=name, color=("#4575b4", "#bbbbbb")[j % 2])
+            ax.bar_label(bars, labels=["no query" if np.isnan(v) else f"{v:.1f}" for v in values], fontsize=8, padding=2)
+        ax.set_title(key + (" (paper mAP)" if key == "O-mAP" else ""))
+        ax.set_xlim(0, 110)
+        ax.set_xlabel("%")
+        ax.grid(axis="x", alpha=0.3)
+    labels = [f"{b.removeprefix('size_')} px\n({q} queries)" for b, q in zip(table["bucket"], table["queries"])]
+    axes[0].set_yticks(y, labels)
+    axes[0].invert_yaxis()
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Retrieval by query size (sqrt area), gallery {metrics.get('gallery', '?')} objects")
+    fig.tight_layout()
+    _save(fig, plots_dir / "buckets.png")
+
+
+def write_examples_sheet(
+    examples: dict,
+    queries: pd.DataFrame,
+    gallery: pd.DataFrame,
+    images: pd.DataFrame,
+    class_names: dict,
+    path: Path,
+    crop_size: int = 96,
+) -> None:
+    """One row per example query: its crop, then its top-5 objects boxed on their images.
+
+    ``examples`` maps a query row to ``(gallery rows, distances, relevant flags)`` of its top 5.
+    """
+    path = Path(path)
+    if not examples:
+        fig = plt.figure(figsize=(4, 1))
+        fig.text(0.5, 0.5, "no example queries", ha="center", va="center")
+        _save(fig, path)
+        return
+    paths = images.set_index("image_id")["path"]
+    rows = sorted(examples, key=lambda q: float(queries["area"].iloc[q]))  # small to large
+    fig, axes = plt.subplots(len(rows), 6, figsize=(13, 2.3 * len(rows)), squeeze=False)
+    for r, q in enumerate(rows):  # a handful of example queries
+        qrow = queries.iloc[q]
+        image = read_image(paths.get(int(qrow.image_id), ""))
+        ax = axes[r, 0]
+        if image is not None:
+            ax.imshow(crop_boxes(image, np.asarray([qrow[BOX_COLUMNS]], np.float64), max(crop_size, 96))[0])
+        side = float(np.sqrt(qrow["area"]))
+        ax.set_title(f"query: {class_names.get(int(qrow.category_id), qrow.category_id)}\n{side:.0f} px", fontsize=9)
+        ranked, dist, rel = examples[q]
+        for c in range(5):
+            ax = axes[r, c + 1]
+            if c >= len(ranked) or ranked[c] < 0:
+                continue
+            g = gallery.iloc[int(ranked[c])]
+            img = read_image(paths.get(int(g.image_id), ""))
+            if img is not None:
+                ax.imshow(img)
+            x1, y1, x2, y2 = (float(v) for v in g[BOX_COLUMNS])
+            colour = GREEN if rel[c] else RED
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2.5))
+            ax.set_title(f"#{c + 1} {'relevant' if rel[c] else 'not relevant'}  d={dist[c]:.2f}", fontsize=8, color=colour)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Retrieval examples: query crop, top-5 gallery objects (green: relevant at IoU >= threshold, red: not)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.3 * len(rows))))
+    _save(fig, path)

@@ -1,0 +1,161 @@
+"""Building blocks of the index stage: embed gallery objects and query boxes, build FAISS indexes.
+
+Streamed: gallery crops are decoded and embedded ``index.chunk_rows`` at a time and written as
+embedding shards; the FAISS index is then built shard by shard (IVF-PQ trained on a sample), so
+no step holds all crops or all raw vectors (see :mod:`stages.index.faiss_index`).
+
+Two embeddings are indexed side by side: ``model`` (the trained model) and ``pretrained``
+(the same backbone with no training), so every run reports its untrained baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from stages.boxes import clip_boxes, valid_boxes
+from stages.config import Params
+from stages.data.table import ImageTable
+from stages.index import EMBEDDINGS
+from stages.extract.crops import crop_boxes, read_image
+from stages.index.embed import crops_to_tensor, decode_to_tensor, embed_chunk, iter_encoded_chunks
+from stages.index.faiss_index import build_from_shards
+from stages.index.vectors import VectorShardWriter, save_npy, vector_shards
+from stages.shards import BOX_COLUMNS, shard_paths
+from stages.train.model import StudentModel, build_student, load_model, meta_options
+
+log = logging.getLogger(__name__)
+
+
+def query_boxes(test: ImageTable) -> pd.DataFrame:
+    """The ground-truth boxes used as queries: all but those marked ``"query": false``."""
+    boxes = test.boxes
+    if "query" in boxes.columns:
+        boxes = boxes[boxes["query"].fillna(True).astype(bool).to_numpy()]
+    return boxes
+
+
+def iter_query_crops(test: ImageTable, crop_size: int, chunk: int) -> Iterator[tuple[pd.DataFrame, list[np.ndarray]]]:
+    """Query boxes of the test images, cropped like the gallery objects, ``chunk`` crops at a time.
+
+    Boxes are clipped to their image; boxes left thinner than a pixel and unreadable images are
+    skipped. Yields (query rows with the clipped box and its area, crops).
+    """
+    boxes_by_image = dict(tuple(query_boxes(test).groupby("image_id", sort=False)))
+    rows: list[pd.DataFrame] = []
+    crops: list[np.ndarray] = []
+    for im in tqdm(test.images.itertuples(index=False), total=len(test.images), desc="query crops", unit="img"):
+        gt = boxes_by_image.get(im.image_id)
+        if gt is None:
+            continue
+        image = read_image(im.path)
+        if image is None:
+            log.warning("index: skipping queries of unreadable image %s", im.path)
+            continue
+        b = clip_boxes(gt[BOX_COLUMNS].to_numpy(np.float64), image.shape[1], image.shape[0])
+        keep = valid_boxes(b, min_side=1.0)
+        if not keep.any():
+            continue
+        gt = gt[keep].assign(x1=b[keep, 0], y1=b[keep, 1], x2=b[keep, 2], y2=b[keep, 3])
+        rows.append(gt.assign(area=(gt["x2"] - gt["x1"]) * (gt["y2"] - gt["y1"])))
+        crops.extend(crop_boxes(image, b[keep], crop_size))
+        if len(crops) >= chunk:
+            yield pd.concat(rows, ignore_index=True), crops
+            rows, crops = [], []
+    if crops:
+        yield pd.concat(rows, ignore_index=True), crops
+
+
+def pretrained_model(meta: dict) -> StudentModel:
+    """The baseline of a saved model: its backbone with the pretrained weights, no head, no training."""
+    return build_student(
+        meta["backbone"], 0, meta["teacher_dim"], meta["embed_dim"], meta["input_size"], options=meta_options(meta)
+    ).eval()
+
+
+def embed_gallery(objects_dir: Path, nets: dict, out: Path, params: Params) -> int:
+    """Embed the test objects chunk by chunk (decode, embed with every net, write shards); returns their count.
+
+    Writes ``out/gallery.parquet`` (the objects without their crops, in embedding row order) and
+    ``out/<name>/gallery-NNNNN.npy`` per net; at most ``index.chunk_rows`` crops are decoded at once.
+    """
+    paths = shard_paths(objects_dir, "test")
+    if not paths:
+        raise FileNotFoundError(f"no object shards for split 'test' in {objects_dir}; run the extract stage")
+    columns = ["object_id", "image_id", *BOX_COLUMNS, "area", "score"]
+    writers = {name: VectorShardWriter(out / name, "gallery") for name in nets}
+    n = 0
+    tmp = out / "gallery.parquet.tmp"
+    meta_writer: pq.ParquetWriter | None = None
+    total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    with tqdm(total=total, desc="embed gallery", unit="obj") as bar:
+        for chunk in iter_encoded_chunks(paths, columns + ["crop"], params.index.chunk_rows):
+            if not len(chunk):
+                continue
+            crops = decode_to_tensor(chunk["crop"].tolist(), next(iter(nets.values())).input_size)
+            for (name, net), vectors in zip(nets.items(), embed_chunk(list(nets.values()), crops, params.index.batch_size)):
+                writers[name].add(vectors)
+            table = pa.Table.from_pandas(chunk[columns], preserve_index=False)
+            meta_writer = meta_writer or pq.ParquetWriter(tmp, table.schema)
+            meta_writer.write_table(table)
+            n += len(chunk)
+            bar.update(len(chunk))
+    if meta_writer is None:
+        raise ValueError("the gallery is empty: no objects were extracted from the test images")
+    meta_writer.close()
+    os.replace(tmp, out / "gallery.parquet")
+    return n
+
+
+def embed_queries(test: ImageTable, nets: dict, out: Path, params: Params) -> int:
+    """Embed the query boxes chunk by chunk into ``out/<name>/queries.npy``; rows in ``out/queries.parquet``."""
+    rows, vectors = [], {name: [] for name in nets}
+    for q_rows, crops in iter_query_crops(test, params.extract.crop_size, params.index.chunk_rows):
+        tensor = crops_to_tensor(crops, next(iter(nets.values())).input_size)
+        for name, v in zip(nets, embed_chunk(list(nets.values()), tensor, params.index.batch_size)):
+            vectors[name].append(v)  # queries are GT boxes: thousands, not millions
+        rows.append(q_rows)
+    if not rows:
+        raise ValueError("no queries: the test images have no usable ground-truth boxes")
+    queries = pd.concat(rows, ignore_index=True)
+    queries.to_parquet(out / "queries.parquet.tmp", index=False)
+    os.replace(out / "queries.parquet.tmp", out / "queries.parquet")
+    for name, parts in vectors.items():
+        save_npy(out / name / "queries.npy", np.concatenate(parts))
+    return len(queries)
+
+
+def build_index_dir(out: Path, model_path: Path, test: ImageTable, objects_dir: Path, params: Params) -> dict:
+    """The whole index stage for one model and one dataset's test split, into ``out``.
+
+    ``out/`` gets gallery.parquet, queries.parquet, index.json and, per embedding (``model``,
+    ``pretrained``), gallery-NNNNN.npy shards, queries.npy and gallery.faiss.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, meta = load_model(model_path)
+    nets = dict(zip(EMBEDDINGS, (model, pretrained_model(meta))))
+    for name in nets:
+        (out / name).mkdir(exist_ok=True)
+    n_gallery = embed_gallery(objects_dir, nets, out, params)
+    n_queries = embed_queries(test, nets, out, params)
+    info: dict = {"gallery": n_gallery, "queries": n_queries}
+    for name in nets:
+        index, kind = build_from_shards(vector_shards(out / name, "gallery"), params.index, seed=params.seed, desc=f"index ({name})")
+        tmp = out / name / "gallery.faiss.tmp"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, out / name / "gallery.faiss")
+        info[name] = {"type": kind, "dim": int(index.d), "ntotal": int(index.ntotal)}
+        log.info("index: %s: %s index of %d gallery objects, %d queries, %d-d", name, kind, index.ntotal, n_queries, index.d)
+    (out / "index.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

@@ -1,0 +1,199 @@
+"""The streamed evaluation protocol: equal to an in-memory evaluation, known/unknown by name, pictures."""
+
+import json
+
+import cv2
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.config import Params
+from stages.data.table import ImageTable
+from stages.evaluate.protocol import (
+    HEADLINE,
+    SIZE_BUCKETS,
+    break_ties,
+    choose_examples,
+    evaluate_index,
+    ground_truth,
+    known_category_ids,
+    query_masks,
+)
+from stages.metrics.relevance import ANY_OVERLAP, relevance_matrix, relevant_classes
+from stages.metrics.retrieval import summarize
+
+NAMES = ["cat", "dog", "car", "boat", "kite"]
+
+
+def _dataset(tmp_path, rng, n_images=12, n_gt=40, n_gallery=300, d=16, with_images=False):
+    """A COCO-like split, an index dir with both embeddings, and its queries (GT boxes not marked query: false)."""
+    size = 100
+    image_ids = np.arange(100, 100 + n_images) * 3  # not contiguous
+    paths = []
+    for i in image_ids:
+        p = tmp_path / f"im{i}.png"
+        if with_images:
+            cv2.imwrite(str(p), rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+        paths.append(str(p))
+    images = pd.DataFrame({"image_id": image_ids, "path": paths, "width": size, "height": size})
+    xy = rng.uniform(0, 70, (n_gt, 2))
+    wh = rng.uniform(4, 40, (n_gt, 2))
+    cat_ids = np.array([11, 22, 33, 44, 55])
+    gt = pd.DataFrame({"image_id": rng.choice(image_ids, n_gt), "category_id": rng.choice(cat_ids, n_gt),
+                       "x1": xy[:, 0], "y1": xy[:, 1], "x2": xy[:, 0] + wh[:, 0], "y2": xy[:, 1] + wh[:, 1]})
+    gt["query"] = rng.random(n_gt) > 0.2
+    categories = pd.DataFrame({"category_id": cat_ids, "name": NAMES})
+    table = ImageTable(images=images, boxes=gt.drop(columns="query").assign(query=gt["query"]), categories=categories)
+
+    # gallery: jittered copies of GT boxes (relevant at some level) plus random boxes
+    src = rng.integers(0, n_gt, n_gallery // 2)
+    jitter = rng.normal(0, 3, (len(src), 4))
+    g_box = np.clip(gt[["x1", "y1", "x2", "y2"]].to_numpy()[src] + jitter, 0, size)
+    g_box[:, 2:] = np.maximum(g_box[:, 2:], g_box[:, :2] + 1)
+    r_xy = rng.uniform(0, 80, (n_gallery - len(src), 2))
+    r_box = np.concatenate([r_xy, r_xy + rng.uniform(2, 20, r_xy.shape)], axis=1)
+    gallery = pd.DataFrame(np.concatenate([g_box, r_box]), columns=["x1", "y1", "x2", "y2"])
+    gallery.insert(0, "image_id", np.concatenate([gt["image_id"].to_numpy()[src], rng.choice(image_ids, len(r_box))]))
+    gallery.insert(0, "object_id", np.arange(n_gallery) + 1000)
+
+    queries = gt[gt["query"]].drop(columns="query").reset_index(drop=True)
+    queries["area"] = (queries["x2"] - queries["x1"]) * (queries["y2"] - queries["y1"])
+    out = tmp_path / "index"
+    out.mkdir()
+    gallery.to_parquet(out / "gallery.parquet", index=False)
+    queries.to_parquet(out / "queries.parquet", index=False)
+    # class prototypes: queries near the gallery copies of their class
+    protos = rng.normal(size=(100, d)).astype(np.float32)
+    g_vec = protos[rng.integers(0, 100, n_gallery)] + rng.normal(0, 0.5, (n_gallery, d)).astype(np.float32)
+    g_vec[: len(src)] = protos[gt["category_id"].to_numpy()[src] % 100] + rng.normal(0, 0.8, (len(src), d))
+    g_vec[5] = g_vec[6]  # an exact tie
+    vectors = {}
+    for name in ("model", "pretrained"):
+        (out / name).mkdir()
+        q_vec = protos[queries["category_id"].to_numpy() % 100] + rng.normal(0, 0.8 if name == "model" else 2.0, (len(queries), d))
+        q_vec = q_vec.astype(np.float32)
+        index = faiss.IndexFlatL2(d)
+        index.add(g_vec)
+        faiss.write_index(index, str(out / name / "gallery.faiss"))
+        np.save(out / name / "queries.npy", q_vec)
+        vectors[name] = (index, q_vec)
+    return table, out, gallery, queries, vectors
+
+
+def _params(**evaluate):
+    return Params.model_validate({"evaluate": {"topk": 20, **evaluate}})
+
+
+def _in_memory(table, gallery, queries, vectors, tasks, params):
+    """The reference: one search of all queries, relevance_matrix and summarize on the whole ranking."""
+    cfg = params.evaluate
+    gt = ground_truth(table)
+    args = (gallery["image_id"].to_numpy(), gallery[["x1", "y1", "x2", "y2"]].to_numpy(), gt["image_id"].to_numpy(),
+            gt[["x1", "y1", "x2", "y2"]].to_numpy(), gt["category_id"].to_numpy())
+    labels = {"O": relevant_classes(*args, cfg.object_iou, n_classes=56), "I": relevant_classes(*args, ANY_OVERLAP, n_classes=56)}
+    masks = query_masks(queries, known_category_ids(table.categories, tasks))
+    fetch = cfg.topk + (int(gallery.groupby("image_id").size().max()) if cfg.exclude_same_image else 0)
+    out = {}
+    for name, (index, q_vec) in vectors.items():
+        _, ranked = break_ties(*index.search(q_vec, fetch))
+        result = {s: {"queries": int(m.sum())} for s, m in masks.items()}
+        for level, lab in labels.items():
+            rel, total = relevance_matrix(ranked, queries["category_id"].to_numpy(), lab, queries["image_id"].to_numpy(),
+                                          gallery["image_id"].to_numpy(), cfg.exclude_same_image)
+            for s, values in summarize(rel[:, : cfg.topk], total, masks).items():
+                result[s].update({f"{level}-{k}": values[k] for k in HEADLINE})
+        out[name] = result
+    return out
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_streamed_equals_in_memory(tmp_path, exclude):
+    rng = np.random.default_rng(3)
+    table, index_dir, gallery, queries, vectors = _dataset(tmp_path, rng)
+    tasks = {"known": [1, 2], "known_names": ["cat", "car", "kite"]}
+    params = _params(query_chunk=7, exclude_same_image=exclude)
+    metrics_path = tmp_path / "m" / "metrics.json"
+    got = evaluate_index(index_dir, table, tasks, params, metrics_path)
+    assert json.loads(metrics_path.read_text()) == got
+    assert got["gallery"] == len(gallery) and got["queries"] == len(queries) < len(table.boxes)  # query: false boxes skipped
+    expected = _in_memory(table, gallery, queries, vectors, tasks, params)
+    for name in ("model", "pretrained"):
+        assert got[name] == expected[name]
+    assert got["model"]["all"]["O-R@1"] > 0 and got["model"]["known"]["queries"] > 0 and got["model"]["unknown"]["queries"] > 0
+    # one chunk gives the same numbers as chunks of 7
+    assert evaluate_index(index_dir, table, tasks, _params(query_chunk=10_000, exclude_same_image=exclude)) == got
+
+
+def test_known_classes_matched_by_name_across_datasets():
+    # another dataset: different ids, partly the same names
+    cats = pd.DataFrame({"category_id": [1, 2, 3, 4], "name": ["dog", "zebra", "cat", "kite"]})
+    tasks = {"known": [11, 33], "known_names": ["cat", "car", "kite"]}
+    assert sorted(known_category_ids(cats, tasks).tolist()) == [3, 4]
+    # an old tasks.json without names falls back to the ids
+    assert known_category_ids(cats, {"known": [2]}).tolist() == [2]
+    q = pd.DataFrame({"category_id": [1, 3, 4, 2], "area": [100.0] * 4})
+    m = query_masks(q, known_category_ids(cats, tasks))
+    assert m["known"].tolist() == [False, True, True, False] and m["unknown"].tolist() == [True, False, False, True]
+
+
+def test_ground_truth_keeps_non_query_boxes_and_clips():
+    images = pd.DataFrame({"image_id": [1], "path": ["x"], "width": [50], "height": [40]})
+    boxes = pd.DataFrame({"image_id": [1, 1], "category_id": [3, 4], "x1": [-5.0, 10], "y1": [0.0, 10], "x2": [60.0, 20],
+                          "y2": [50.0, 20], "query": [True, False]})
+    gt = ground_truth(ImageTable(images, boxes, pd.DataFrame({"category_id": [3, 4], "name": ["a", "b"]})))
+    assert len(gt) == 2 and gt[["x1", "y1", "x2", "y2"]].to_numpy()[0].tolist() == [0, 0, 50, 40]
+
+
+def test_break_ties_orders_equal_distances_by_row():
+    dist = np.array([[0.2, 0.2, 0.1, np.finfo(np.float32).max]], np.float32)
+    ranked = np.array([[8, 2, 5, -1]])
+    d, r = break_ties(dist, ranked)
+    assert r.tolist() == [[5, 2, 8, -1]] and d[0, :3].tolist() == pytest.approx([0.1, 0.2, 0.2])
+
+
+def test_choose_examples_spread_over_buckets():
+    side = np.array([5, 6, 7, 25, 26, 45, 80, 150, 160, 170])
+    masks = query_masks(pd.DataFrame({"category_id": np.zeros(10, int), "area": side**2.0}), [])
+    picked = choose_examples(masks, 5, seed=0)
+    assert len(set(picked.tolist())) == 5
+    buckets = {name for name in SIZE_BUCKETS for q in picked if masks[name][q]}
+    assert buckets == set(SIZE_BUCKETS)  # one per bucket
+    assert choose_examples(masks, 5, seed=0).tolist() == picked.tolist()  # seeded
+    assert len(choose_examples(masks, 50, seed=1)) == 10
+
+
+def test_pictures(tmp_path):
+    rng = np.random.default_rng(5)
+    table, index_dir, *_ = _dataset(tmp_path, rng, with_images=True)
+    plots = tmp_path / "plots"
+    metrics = evaluate_index(index_dir, table, {"known": [11]}, _params(examples=4), plots_dir=plots)
+    csv = pd.read_csv(plots / "buckets.csv")
+    assert csv["bucket"].tolist() == list(SIZE_BUCKETS)
+    assert csv["queries"].tolist() == [metrics["model"][b]["queries"] for b in SIZE_BUCKETS]
+    for png in ("buckets.png", "examples.png"):
+        image = cv2.imread(str(plots / png))
+        assert image is not None and image.shape[0] > 200 and image.shape[1] > 500
+
+
+def test_tied_distances_rank_lower_row_first_hand_computed():
+    from stages.evaluate.protocol import score_queries
+    from stages.metrics.relevance import RelevanceLookup
+    import scipy.sparse as sp
+
+    # rows 1 and 3 are the same vector (a tie), row 3 relevant and row 1 not; row 0 far, relevant
+    g = np.array([[5, 5], [1, 0], [9, 9], [1, 0]], np.float32)
+    index = faiss.IndexFlatL2(2)
+    index.add(g)
+    labels = sp.csr_matrix(np.array([[1], [0], [0], [1]], bool))
+    lookups = {"O": RelevanceLookup(labels, np.arange(4))}
+    sc = score_queries(index, np.array([[0, 0], [9, 9]], np.float32), np.array([0, 0]), np.array([-1, -1]), lookups,
+                       topk=4, fetch=4, exclude_same_image=False, chunk=1)
+    pq = sc.per_query["O"]
+    # query 0 ranking: 1 (tie, lower row first), 3, 0, 2 -> rel [0, 1, 1, 0]; query 1: 2, 0, then tie 1, 3 -> [0, 1, 0, 1]
+    assert pq["R@1"].tolist() == [0, 0] and pq["R@5"].tolist() == [1, 1]
+    np.testing.assert_allclose(pq["mAP"], [(1 / 2 + 2 / 3) / 2, (1 / 2 + 2 / 4) / 2])
+    np.testing.assert_allclose(pq["mAP_std"], [(1 / 2 + 2 / 3) / 2, (1 / 2 + 2 / 4) / 2])  # both relevant returned
+    # a class with no relevant item in the gallery: paper AP 0, standard AP undefined (NaN, left out of means)
+    sc = score_queries(index, np.array([[0, 0]], np.float32), np.array([5]), np.array([-1]), lookups, 4, 4, False, 1)
+    assert sc.per_query["O"]["mAP"].tolist() == [0.0] and np.isnan(sc.per_query["O"]["mAP_std"][0])
