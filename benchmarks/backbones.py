@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -41,7 +43,7 @@ from stages.backbones import build_backbone
 RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
 
 
-def bare_models() -> dict[str, tuple[dict, callable]]:
+def bare_models() -> dict[str, tuple[dict, Callable[[], nn.Module]]]:
     """name -> (build_backbone kwargs, factory of the bare library model)."""
     from segmentation_models_pytorch.encoders.mix_transformer import LayerNorm, MixVisionTransformer
     from torchvision.models import googlenet
@@ -75,10 +77,12 @@ def timed(fn, x: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def compare(
-    wrapper: nn.Module, bare: nn.Module, x: torch.Tensor, xb: torch.Tensor, repeats: int
-) -> tuple[float, float, float]:
-    """(wrapper images/s on ``x``, bare images/s on ``xb``, median per-repetition ratio), ABBA."""
-    wrapper(x), bare(xb)  # warm-up
+    wrapper: nn.Module, bare: nn.Module, x: torch.Tensor, xb: torch.Tensor, repeats: int, min_seconds: float
+) -> tuple[float, float, float, int]:
+    """(wrapper images/s on ``x``, bare images/s on ``xb``, median per-repetition ratio), ABBA;
+    at least ``repeats`` repetitions and at least ``min_seconds`` of measurement."""
+    pair = timed(wrapper, x) + timed(bare, xb)  # warm-up
+    repeats = max(repeats, math.ceil(min_seconds / pair))
     tw, tb, ratios = [], [], []
     for r in range(repeats):
         if r % 2 == 0:
@@ -89,13 +93,14 @@ def compare(
         tb.append(b)
         ratios.append(b / a)  # (n/a) / (n/b)
     n = len(x)
-    return n / float(np.median(tw)), n / float(np.median(tb)), float(np.median(ratios))
+    return n / float(np.median(tw)), n / float(np.median(tb)), float(np.median(ratios)), repeats
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=8, help="at least this many interleaved repetitions")
+    ap.add_argument("--min-seconds", type=float, default=30.0, help="and at least this long per backbone")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="backbones to measure (default: all)")
     args = ap.parse_args()
@@ -118,15 +123,16 @@ def main() -> None:
         x = torch.rand(args.batch, 3, size, size)
         with torch.inference_mode():
             xb = wrapper.normalise(x)
-        w_ips, b_ips, ratio = compare(wrapper, bare, x, xb, args.repeats)
+        w_ips, b_ips, ratio, reps = compare(wrapper, bare, x, xb, args.repeats, args.min_seconds)
         out[f"{name}_img_s"] = round(w_ips, 2)
         out[f"{name}_bare_img_s"] = round(b_ips, 2)
         out[f"{name}_wrapper_ratio"] = round(ratio, 3)
         ratios[name] = ratio
-        print(f"{name:20s} {size}px  wrapper {w_ips:7.2f} img/s  bare {b_ips:7.2f} img/s  ratio {ratio:.3f}", flush=True)
+        out[f"{name}_repeats"] = reps
+        print(f"{name:20s} {size}px  wrapper {w_ips:7.2f} img/s  bare {b_ips:7.2f} img/s  ratio {ratio:.3f}  ({reps} reps)", flush=True)
         del wrapper, bare
     out["wrapper_ratio_min"] = round(min(ratios.values()), 3)
-    out |= {"batch": args.batch, "repeats": args.repeats, "threads": args.threads, "cpus": os.cpu_count()}
+    out |= {"batch": args.batch, "threads": args.threads, "cpus": os.cpu_count()}
     print(f"wrapper_ratio_min {out['wrapper_ratio_min']:.3f} ({min(ratios, key=ratios.get)})")
     if not args.only:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
