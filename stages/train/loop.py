@@ -167,6 +167,7 @@ def train_model(
 def _train(cfg, crops, group_of, n_groups, seed, checkpoint, log_path, fingerprint, stop_after, rt: Runtime) -> TrainResult:
     if cfg.method != "ms_ugcml":
         group_of, n_groups = np.zeros(len(crops), dtype=np.int64), 1
+    rt.rows(cfg.queries * cfg.neighbours)  # the global batch splits evenly over the processes
     gen = seed_everything(seed)
     student = build_student(cfg.backbone, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head)
     student.to(rt.device)
