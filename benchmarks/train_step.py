@@ -110,7 +110,10 @@ def refresh_ratio(crops: torch.Tensor, groups: int = 4) -> float:
 def main() -> None:
     torch.manual_seed(0)
     crops = (torch.rand(4096, 3, CFG.input_size, CFG.input_size) * 255).to(torch.uint8)
-    result = {f"step_ratio_g{g}": round(step_ratio(g, crops), 3) for g in (1, 4, 8)}
+    result = {}
+    for g in (1, 4, 8):
+        result[f"step_ratio_g{g}"] = round(step_ratio(g, crops), 3)
+        print(f"step_ratio_g{g:<5d} {result[f'step_ratio_g{g}']}", flush=True)
     result["refresh_ratio"] = round(refresh_ratio(crops), 3)
     result["adamp_speedup_g8"] = round(optimizer_speedup(8), 3)
     result.update(batch_crops=CFG.queries * CFG.neighbours, views=N_VIEWS, input_size=CFG.input_size, refresh_crops=len(crops))

@@ -190,6 +190,7 @@ def _train(cfg, crops, group_of, n_groups, seed, checkpoint, log_path, fingerpri
         backbone = torch.compile(backbone)
         teacher_fwd = torch.compile(teacher) if teacher is not None else None
     load = _Batches(crops, rt.device)
+    head_params = list(student.heads.parameters())
 
     def embed_all():
         return refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt)
@@ -200,11 +201,11 @@ def _train(cfg, crops, group_of, n_groups, seed, checkpoint, log_path, fingerpri
         idx = torch.from_numpy(method.batch())
         terms = step_terms(rt, method, student, backbone, teacher_fwd, load, idx, gen)
         opt.zero_grad(set_to_none=True)
+        (terms["loss"] if scaler is None else scaler.scale(terms["loss"])).backward()
+        rt.average_grads(head_params)  # the backbone's are averaged by DDP
         if scaler is None:
-            terms["loss"].backward()
             opt.step()
         else:
-            scaler.scale(terms["loss"]).backward()
             scaler.step(opt)
             scaler.update()
         lr = opt.param_groups[0]["lr"]
