@@ -12,6 +12,7 @@ Writes benchmarks/results/train_step.json. Run: `python benchmarks/train_step.py
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def main() -> None:
         print(f"step_ratio_g{g:<5d} {result[f'step_ratio_g{g}']}", flush=True)
     result["refresh_ratio"] = round(refresh_ratio(crops), 3)
     result["adamp_speedup_g8"] = round(optimizer_speedup(8), 3)
+    result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # other processes on the machine
     result.update(batch_crops=CFG.queries * CFG.neighbours, views=N_VIEWS, input_size=CFG.input_size, refresh_crops=len(crops))
     for k, v in result.items():
         print(f"{k:16s} {v}")
