@@ -173,6 +173,7 @@ def train_model(
 def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path, fingerprint, stop_after, rt: Runtime) -> TrainResult:
     if cfg.method != "ms_ugcml":
         group_of, n_groups = np.zeros(len(crops), dtype=np.int64), 1
+    rt.rows(cfg.queries * cfg.neighbours)  # the global batch splits evenly over the processes
     gen = seed_everything(seed)
     name, options = backbone
     student = build_student(name, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head, options=options)
@@ -196,6 +197,7 @@ def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path,
         backbone = torch.compile(backbone)
         teacher_fwd = torch.compile(teacher) if teacher is not None else None
     load = _Batches(crops, rt.device)
+    head_params = list(student.heads.parameters())
 
     def embed_all():
         return refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt)
@@ -206,11 +208,11 @@ def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path,
         idx = torch.from_numpy(method.batch())
         terms = step_terms(rt, method, student, backbone, teacher_fwd, load, idx, gen)
         opt.zero_grad(set_to_none=True)
+        (terms["loss"] if scaler is None else scaler.scale(terms["loss"])).backward()
+        rt.average_grads(head_params)  # the backbone's are averaged by DDP
         if scaler is None:
-            terms["loss"].backward()
             opt.step()
         else:
-            scaler.scale(terms["loss"]).backward()
             scaler.step(opt)
             scaler.update()
         lr = opt.param_groups[0]["lr"]

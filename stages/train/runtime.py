@@ -81,6 +81,18 @@ class Runtime:
         size = -(-n // self.world)
         return slice(min(n, self.rank * size), min(n, (self.rank + 1) * size))
 
+    def average_grads(self, params: list[torch.Tensor]) -> None:
+        """Average the gradients of parameters every rank computes from the same gathered rows
+        (the heads): equal in exact arithmetic, this keeps them equal bit for bit where GPU
+        kernels are not deterministic, so the replicas never drift. One flat all_reduce."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not self.distributed or not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        torch._foreach_copy_(grads, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank."""
         if not self.distributed:
