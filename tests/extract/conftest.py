@@ -3,6 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.torch_threads import one_torch_thread  # noqa: F401  (autouse in this folder)
+
 
 def write_scenes(folder, n, bad=()):
     """``n`` small PNG scenes (coloured shapes on a textured background); indices in ``bad`` are
@@ -30,14 +32,3 @@ def write_scenes(folder, n, bad=()):
 @pytest.fixture
 def scenes(tmp_path):
     return lambda n, bad=(), name="images": write_scenes(tmp_path / name, n, bad)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster on one thread than on two cores shared with other work."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
