@@ -1,6 +1,6 @@
 """The dataset interchange: a COCO-format JSON per split, read into pandas tables.
 
-Every source (the synthetic scenes, COCO, VOC, ...) materialises ``data/dataset/<split>.json``
+Every source (the synthetic scenes, COCO, VOC, ...) materialises ``data/<dataset>/dataset/<split>.json``
 with ``images`` (id, file_name, width, height), ``annotations`` (image_id, category_id,
 bbox in COCO xywh) and ``categories`` (id, name).  ``file_name`` is relative to the
 JSON's folder or absolute, so real datasets are referenced in place, never copied.
