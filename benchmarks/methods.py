@@ -28,8 +28,8 @@ HEADLINE = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")
 SUBSETS = ("all", "size_0-20")
 
 
-def run_method(method: str, seed: int, base: dict, extra: dict) -> dict:
-    folder = ROOT / "benchmarks" / ".runs" / f"{method}-s{seed}"
+def run_method(method: str, seed: int, base: dict, extra: dict, tag: str = "") -> dict:
+    folder = ROOT / "benchmarks" / ".runs" / f"{method}{tag}-s{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / "data"
     if not link.exists():
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="extra train.KEY=VALUE overrides (YAML values)")
+    ap.add_argument("--tag", default="", help="suffix of the method's keys and folder, e.g. _mean with --set embed_head=mean")
     args = ap.parse_args()
     base = YAML(typ="safe", pure=True).load(Path(args.params))
     extra = {k: YAML(typ="safe", pure=True).load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -67,14 +68,14 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for method in args.methods:
-            m = run_method(method, seed, base, extra)
-            for who, name in ((m["model"], f"{method}_s{seed}"), (m["pretrained"], f"none_s{seed}")):
+            m = run_method(method, seed, base, extra, args.tag)
+            for who, name in ((m["model"], f"{method}{args.tag}_s{seed}"), (m["pretrained"], f"none_s{seed}")):
                 for subset in SUBSETS:
                     for key in HEADLINE:
                         suffix = "" if subset == "all" else f"_{subset}"
                         result[f"{name}{suffix}_{key}"] = who[subset][key]
-            result[f"{method}_s{seed}_seconds"] = m["seconds"]
-            rows.append((f"{method} (seed {seed})", m["model"]["all"]))
+            result[f"{method}{args.tag}_s{seed}_seconds"] = m["seconds"]
+            rows.append((f"{method}{args.tag} (seed {seed})", m["model"]["all"]))
         rows.append((f"none (seed {seed})", m["pretrained"]["all"]))
     result["queries"] = m["model"]["all"]["queries"]
     result["gallery"] = m["gallery"]
