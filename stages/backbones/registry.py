@@ -315,10 +315,12 @@ def default_lr(name: str) -> float:
     return lookup(name).default_lr
 
 
-def learning_rate(name: str, options: BackboneOptionsLike | None = None) -> float:
-    """``options.lr`` when set, else :func:`default_lr`."""
+def learning_rate(name: str, options: BackboneOptionsLike | None = None, fallback: float | None = None) -> float:
+    """``options.lr`` when set, else ``fallback`` (e.g. ``train.lr``) when set, else :func:`default_lr`."""
     if options is not None and options.lr is not None:
         return float(options.lr)
+    if fallback is not None:
+        return float(fallback)
     return default_lr(name)
 
 

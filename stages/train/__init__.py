@@ -39,8 +39,7 @@ TRAINING_CODE = ("train", "losses", "samplers", "backbones")
 def resolved_train_params(params: Params, backbone: str) -> TrainParams:
     """``params.train`` with the learning rate this backbone trains at: ``backbone_options.<name>.lr``,
     else ``train.lr``, else the backbone's default (1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B, ...)."""
-    options = params.backbone_options.get(backbone)
-    lr = params.train.lr if params.train.lr is not None and (options is None or options.lr is None) else learning_rate(backbone, options)
+    lr = learning_rate(backbone, params.backbone_options.get(backbone), fallback=params.train.lr)
     return params.train.model_copy(update={"lr": lr})
 
 

@@ -161,8 +161,7 @@ def train_model(
     name, built as ``options`` (``backbone_options.<name>``: weights, init) say. Only rank 0 writes
     the checkpoint and the log; every rank returns the same trained student (on the CPU).
     """
-    if cfg.lr is None:  # direct callers; the train stage resolves it per backbone (resolved_train_params)
-        cfg = cfg.model_copy(update={"lr": learning_rate(backbone, options)})
+    cfg = cfg.model_copy(update={"lr": learning_rate(backbone, options, fallback=cfg.lr)})  # as the train stage does
     rt = runtime or resolve_runtime(cfg)
     try:
         return _train(cfg, (backbone, options), crops, group_of, n_groups, seed, Path(checkpoint), Path(log_path), fingerprint, stop_after, rt)

@@ -71,3 +71,9 @@ def test_build_from_options(tmp_path):
     with pytest.raises(ValueError, match=r"backbone_options\.mit_b2\.weights"):
         build_from_options("mit_b2", None)
     assert build_from_options("efficientnet_lite0").spec.init == "imagenet"  # the packaged weights
+
+
+def test_learning_rate_precedence_options_then_fallback_then_default():
+    assert learning_rate("googlenet", BackboneOptions(lr=2e-5), fallback=7e-4) == 2e-5
+    assert learning_rate("googlenet", BackboneOptions(), fallback=7e-4) == 7e-4
+    assert learning_rate("googlenet", None) == 1e-4
