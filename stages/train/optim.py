@@ -1,6 +1,6 @@
-"""AdamP (Heo et al., ICLR 2021) with multi-tensor (``torch._foreach_*``) Adam moments and a
-branch-free projection: the same updates as the ``adamp`` package's ``AdamP``, without its
-per-parameter Python loop of ~20 small ops and without host synchronisation on GPU.
+"""AdamP (Heo et al., ICLR 2021) on PyTorch's fused Adam kernel and a branch-free projection:
+the same updates as the ``adamp`` package's ``AdamP``, without its per-parameter Python loop of
+~20 small ops and without host synchronisation on GPU.
 
 AdamP = Adam whose update ``perturb = m_hat / (sqrt(v_hat) + eps)`` of a weight tensor (ndim > 1)
 loses its radial component when the weight looks scale-invariant: if every channel's
@@ -56,6 +56,42 @@ def projection_(
     return torch.where(by_channel | by_layer, one * wd_ratio, one)
 
 
+def _fused(tensors: list[torch.Tensor], nesterov: bool) -> bool:
+    """Whether PyTorch's fused Adam kernel (one pass per tensor, no per-op dispatch) applies."""
+    dev = tensors[0].device.type
+    return not nesterov and dev in ("cpu", "cuda") and len({(t.device, t.dtype) for t in tensors}) == 1
+
+
+def _adam_(
+    targets: list[torch.Tensor], states: list[dict], group: dict, step: int, weight_decay: float, grads: list[torch.Tensor] | None = None
+) -> None:
+    """In place: Adam moments in ``states``, and ``targets -= lr * m_hat / (sqrt(v_hat) + eps)``
+    after the decoupled decay ``targets *= 1 - lr * weight_decay`` (AdamW). ``grads`` default to
+    the targets' own; with ``nesterov`` the step uses beta1 m + (1 - beta1) g for m."""
+    if not targets:
+        return
+    grads = [t.grad for t in targets] if grads is None else grads
+    exp_avg = [s["exp_avg"] for s in states]
+    exp_avg_sq = [s["exp_avg_sq"] for s in states]
+    (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+    if _fused(targets, group["nesterov"]):
+        steps = [torch.full((), float(step), device=targets[0].device)] * len(targets)
+        kernel = torch._fused_adamw_ if weight_decay else torch._fused_adam_
+        kernel(targets, grads, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+               weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+        return
+    torch._foreach_lerp_(exp_avg, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
+    torch._foreach_mul_(exp_avg_sq, beta2)
+    torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sq)
+    torch._foreach_div_(denom, math.sqrt(1 - beta2**step))
+    torch._foreach_add_(denom, eps)
+    numer = [torch.lerp(m, g, 1 - beta1) for m, g in zip(exp_avg, grads)] if group["nesterov"] else exp_avg
+    if weight_decay:
+        torch._foreach_mul_(targets, 1 - lr * weight_decay)
+    torch._foreach_addcdiv_(targets, numer, denom, value=-lr / (1 - beta1**step))
+
+
 class AdamP(Optimizer):
     """Drop-in for ``adamp.AdamP`` (same arguments, same state keys: step, exp_avg, exp_avg_sq)."""
 
@@ -86,34 +122,24 @@ class AdamP(Optimizer):
         return loss
 
     def _update(self, group: dict, step: int, params: list[torch.Tensor]) -> None:
-        beta1, beta2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        grads = [p.grad for p in params]
-        exp_avg = [self.state[p]["exp_avg"] for p in params]
-        exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
-        c2 = math.sqrt(1 - beta2**step)
-        torch._foreach_lerp_(exp_avg, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
-        torch._foreach_mul_(exp_avg_sq, beta2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
-        # perturb = m_hat / (sqrt(v)/c2 + eps) = (c2 / bc1) * m / (sqrt(v) + eps c2): computed as
-        # m / (sqrt(v) + eps c2) in a reused buffer (no allocation: fresh large buffers cost page
-        # faults every step), the constant folded into the step size (the projection is linear)
-        step_size = lr * c2 / (1 - beta1**step)
-        perturb = self._buffers(params)
-        scratch = self._scratch(params)
-        for p, g, m, v, u in zip(params, grads, exp_avg, exp_avg_sq, perturb):
-            torch.sqrt(v, out=u).add_(eps * c2)
-            if group["nesterov"]:
-                torch.div(torch.lerp(m, g, 1 - beta1), u, out=u)  # (beta1 m + (1 - beta1) g) / denom
-            else:
-                torch.div(m, u, out=u)
-            if p.dim() > 1:
-                ratio = projection_(p, g, u, group["delta"], group["wd_ratio"], eps, scratch)
-                if wd > 0:
-                    p.mul_(1 - lr * wd * ratio)
-            elif wd > 0:
-                p.mul_(1 - lr * wd)
-        torch._foreach_add_(params, perturb, alpha=-step_size)
+        vectors = [p for p in params if p.dim() <= 1]
+        weights = [p for p in params if p.dim() > 1]
+        # biases and norm scales are never projected: AdamP's update for them is AdamW's
+        _adam_(vectors, [self.state[p] for p in vectors], group, step, weight_decay=wd)
+        if not weights:
+            return
+        # weights: the Adam step -lr * m_hat / (sqrt(v_hat) + eps) written into a zeroed buffer,
+        # projected there, then added to the decayed weight; one weight at a time, so that its
+        # tensors stay in cache through all of its passes (-25% time over separate sweeps)
+        scratch = self._scratch(weights)
+        for p, u in zip(weights, self._buffers(weights)):
+            u.zero_()
+            _adam_([u], [self.state[p]], group, step, weight_decay=0.0, grads=[p.grad])
+            ratio = projection_(p, p.grad, u, group["delta"], group["wd_ratio"], eps, scratch)
+            if wd > 0:
+                p.mul_(1 - lr * wd * ratio)
+            p.add_(u)
 
     def _buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-parameter work buffers, kept across steps (not part of the optimiser state)."""
