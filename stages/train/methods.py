@@ -21,7 +21,6 @@ from stages.losses import (
     relaxed_contrastive,
     self_distillation,
     teacher_weights,
-    view_positives,
 )
 from stages.samplers import KnnBatchSampler
 from stages.train.augment import random_resized_views
@@ -189,17 +188,6 @@ def kmeans_centroids(emb: np.ndarray, k: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(km.centroids.copy())
 
 
-def _view_rows(set_rows: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
-    """Positions, in a set's stacked views [view 1 of its rows; view 2 of its rows], of both
-    views of ``crops`` (a subset of ``set_rows``)."""
-    if len(crops) == 0:
-        return torch.empty(0, dtype=torch.long)
-    pos = torch.full((int(set_rows.max()) + 1,), -1, dtype=torch.long)
-    pos[set_rows] = torch.arange(len(set_rows))
-    p = pos[crops]
-    return torch.cat([p, p + len(set_rows)])
-
-
 def ugcml_terms(
     heads: nn.ModuleList,
     feat: torch.Tensor,
@@ -214,29 +202,49 @@ def ugcml_terms(
 
     Per group m, on its mixed-scale set: L_con(h_m) + L_con(l_m) (eq. 4) + L_self(h_m, l_m) (eq. 3);
     plus L_CKD over the group pairs on their shared crops (eq. 1-2). With one group this is STML.
+    Each head embeds only the views of its own set; the losses of all sets are then computed at
+    once on the sets padded to the largest (a few large ops instead of many tiny ones per group).
     """
-    n_crops = len(batch_group)
     dev = feat.device
     sets = mixed_scale_sets(batch_group, len(heads), cfg.mix_share, generator)
+    sizes = torch.tensor([len(s) for s in sets])
+    rows = torch.cat([torch.cat([s, s + len(batch_group)]) for s in sets]).to(dev)  # views of each set, set after set
+    start = (2 * sizes).cumsum(0) - 2 * sizes  # first row of each set in ``rows``
+    outs = [head(feat[rows[a : a + 2 * n]]) for head, a, n in zip(heads, start.tolist(), sizes.tolist())]
+    h_all, l_all = torch.cat([h for h, _ in outs]), torch.cat([l for _, l in outs])
     zero = feat.new_zeros(())
     terms = {"rc_h": zero, "rc_l": zero, "self_distill": zero, "ckd": zero}
-    l_of_set = []  # each head embeds only the views of its own set
-    for head, rows in zip(heads, sets):
-        both = torch.cat([rows, rows + n_crops]).to(dev)
-        h, l = head(feat[both])
-        l_of_set.append(l)
-        if len(rows) < 2:
-            continue
-        w = teacher_weights(teacher_feat[both], cfg.sigma, cfg.context_k, view_positives(len(rows), N_VIEWS, dev))
-        terms["rc_h"] = terms["rc_h"] + relaxed_contrastive(h, w, cfg.delta)  # eq. 4 on h_m
-        terms["rc_l"] = terms["rc_l"] + relaxed_contrastive(l, w, cfg.delta)  # eq. 4 on l_m
-        terms["self_distill"] = terms["self_distill"] + self_distillation(h, l)  # eq. 3
+    active = torch.nonzero(sizes >= 2).flatten()  # sets of fewer than 2 crops have no pairs to learn from
+    if len(active):
+        n = sizes[active][:, None]
+        pos = torch.arange(2 * int(n.max()))[None, :]
+        valid = pos < 2 * n  # [A, N]: position p < 2n is view p // n of the set's crop p % n
+        idx = (start[active][:, None] + torch.where(valid, pos, 0)).to(dev)  # padding repeats the set's first row
+        crop = torch.where(valid, pos % n, -1 - pos).to(dev)  # padding: ids no other position has
+        valid = valid.to(dev)
+        h, l = h_all[idx], l_all[idx]
+        w = teacher_weights(teacher_feat[rows[idx]], cfg.sigma, cfg.context_k, crop[:, :, None] == crop[:, None, :], valid)
+        terms["rc_h"] = relaxed_contrastive(h, w, cfg.delta, valid).sum()  # eq. 4 on h_m
+        terms["rc_l"] = relaxed_contrastive(l, w, cfg.delta, valid).sum()  # eq. 4 on l_m
+        terms["self_distill"] = self_distillation(h, l, valid).sum()  # eq. 3
     if centroids is not None and len(sets) > 1:
-        pairs = []
-        for a in range(len(sets)):
-            for b in range(a + 1, len(sets)):
-                shared = sets[a][torch.isin(sets[a], sets[b])]
-                pairs.append((l_of_set[a][_view_rows(sets[a], shared).to(dev)], l_of_set[b][_view_rows(sets[b], shared).to(dev)]))
-        terms["ckd"] = collaborative_distillation(pairs, centroids, cfg.ckd_tau)  # eq. 2
+        terms["ckd"] = collaborative_distillation(l_all, *_shared_rows(sets, len(batch_group), start, dev), centroids, cfg.ckd_tau)  # eq. 2
     terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
     return terms
+
+
+def _shared_rows(sets: list[torch.Tensor], n_crops: int, start: torch.Tensor, dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """For every group pair (a, b), a < b, and every crop in both sets, both views' rows in the
+    stacked head outputs (set after set, each [view 1 of its crops; view 2]): (rows_a, rows_b,
+    pair, n_pairs) as :func:`collaborative_distillation` takes them."""
+    g = len(sets)
+    where = torch.full((g, n_crops), -1, dtype=torch.long)  # position of each crop in each set
+    for m, s in enumerate(sets):
+        where[m, s] = torch.arange(len(s))
+    a, b = torch.triu_indices(g, g, 1)
+    pair, crop = torch.nonzero((where[a] >= 0) & (where[b] >= 0), as_tuple=True)
+    size = torch.tensor([len(s) for s in sets])
+    a, b = a[pair], b[pair]
+    rows_a, rows_b = start[a] + where[a, crop], start[b] + where[b, crop]  # view 1; view 2 is n rows on
+    rows_a, rows_b = torch.cat([rows_a, rows_a + size[a]]), torch.cat([rows_b, rows_b + size[b]])
+    return rows_a.to(dev), rows_b.to(dev), torch.cat([pair, pair]).to(dev), g * (g - 1) // 2

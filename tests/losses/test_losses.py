@@ -105,9 +105,13 @@ def test_ckd_zero_for_identical_heads_and_by_hand():
     #   = 0.462117 * 1.0 = 0.462117
     a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     assert ckd_pair(a, b, c, 1.0).item() == pytest.approx(0.462117, abs=1e-5)
-    # eq. 2 averages the pairs: (0.462117 + 0) / 2
-    assert collaborative_distillation([(a, b), (a, a)], c, 1.0).item() == pytest.approx(0.231059, abs=1e-5)
-    assert collaborative_distillation([], c, 1.0).item() == 0.0
+    # eq. 2 averages the pairs: (0.462117 + 0) / 2; emb rows 0: a, 1: b; pair 0 = (a, b), pair 1 = (a, a)
+    emb = torch.cat([a, b])
+    rows_a, rows_b, pair = torch.tensor([0, 0]), torch.tensor([1, 0]), torch.tensor([0, 1])
+    assert collaborative_distillation(emb, rows_a, rows_b, pair, 2, c, 1.0).item() == pytest.approx(0.231059, abs=1e-5)
+    # a third pair without shared crops adds 0: 0.462117 / 3
+    assert collaborative_distillation(emb, rows_a, rows_b, pair, 3, c, 1.0).item() == pytest.approx(0.154039, abs=1e-5)
+    assert collaborative_distillation(emb, rows_a[:0], rows_b[:0], pair[:0], 0, c, 1.0).item() == 0.0
 
 
 def test_nt_xent_by_hand():
@@ -135,3 +139,37 @@ def test_anchor_nt_xent_by_hand():
     anchors.requires_grad_(True)
     anchor_nt_xent(views, anchors, 1.0).backward()
     assert views.grad.abs().sum() > 0 and anchors.grad.abs().sum() > 0  # both sides learn
+
+
+def _padded(sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sets of different sizes padded to the largest by repeating their first row, and the mask."""
+    n = max(len(x) for x in sets)
+    batch = torch.stack([torch.cat([x, x[:1].expand(n - len(x), -1)]) for x in sets])
+    valid = torch.stack([torch.arange(n) < len(x) for x in sets])
+    return batch, valid
+
+
+@pytest.mark.parametrize("k", [2, 4, 9])  # 9: more neighbours than the smaller sets have rows
+def test_padded_sets_equal_one_set_at_a_time(k):
+    g = torch.Generator().manual_seed(3)
+    sizes = (8, 3, 6)
+    hs = [torch.randn(n, 5, generator=g, requires_grad=True) for n in sizes]
+    ls = [torch.randn(n, 4, generator=g, requires_grad=True) for n in sizes]
+    ts = [torch.randn(n, 6, generator=g) for n in sizes]
+    h, valid = _padded(hs)
+    l, _ = _padded(ls)
+    t, _ = _padded(ts)
+    w = teacher_weights(t, 3.0, k, None, valid)
+    rc = relaxed_contrastive(h, w, 1.0, valid)
+    sd = self_distillation(h, l, valid)
+    assert rc.shape == sd.shape == (3,)
+    for i, n in enumerate(sizes):
+        w_i = teacher_weights(ts[i], 3.0, k)
+        assert torch.allclose(w[i, :n, :n], w_i, atol=1e-6)
+        assert rc[i].item() == pytest.approx(relaxed_contrastive(hs[i], w_i, 1.0).item(), abs=1e-6)
+        assert sd[i].item() == pytest.approx(self_distillation(hs[i], ls[i]).item(), abs=1e-6)
+    grads = torch.autograd.grad((rc + sd).sum(), hs + ls)
+    for i in range(3):
+        loss_i = relaxed_contrastive(hs[i], teacher_weights(ts[i], 3.0, k), 1.0) + self_distillation(hs[i], ls[i])
+        for got, ref in zip(grads[i :: 3], torch.autograd.grad(loss_i, [hs[i], ls[i]])):
+            assert torch.allclose(got, ref, atol=1e-6)

@@ -93,6 +93,56 @@ def test_ntxent_baseline_trains(tmp_path, crops):
     assert len(res.student.heads) == 1
 
 
+def _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids, generator):
+    """ugcml_terms written as the paper reads, one group and one group pair at a time."""
+    from stages.losses import ckd_pair, relaxed_contrastive, self_distillation, teacher_weights, view_positives
+
+    n = len(batch_group)
+    sets = mixed_scale_sets(batch_group, len(heads), cfg.mix_share, generator)
+    rc_h = rc_l = sd = torch.zeros(())
+    ls = []
+    for head, rows in zip(heads, sets):
+        h, l = head(feat[torch.cat([rows, rows + n])])
+        ls.append(l)
+        if len(rows) >= 2:
+            w = teacher_weights(teacher_feat[torch.cat([rows, rows + n])], cfg.sigma, cfg.context_k, view_positives(len(rows), 2))
+            rc_h, rc_l, sd = rc_h + relaxed_contrastive(h, w, cfg.delta), rc_l + relaxed_contrastive(l, w, cfg.delta), sd + self_distillation(h, l)
+    ckd = []
+    for a in range(len(sets)):
+        for b in range(a + 1, len(sets)):
+            pick = [[(s == c).nonzero().item() for c in sets[a] if c in sets[b]] for s in (sets[a], sets[b])]
+            va, vb = (torch.tensor(p + [i + len(s) for i in p], dtype=torch.long) for p, s in zip(pick, (sets[a], sets[b])))
+            ckd.append(ckd_pair(ls[a][va], ls[b][vb], centroids, cfg.ckd_tau))
+    return {"rc_h": rc_h, "rc_l": rc_l, "self_distill": sd, "ckd": torch.stack(ckd).mean() if ckd else torch.zeros(())}
+
+
+@pytest.mark.parametrize("groups", [[0, 0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 2, 2, 2, 2, 2], [0] * 6, [0, 1, 1, 1, 2, 2], [1, 1, 1, 2, 2, 3]])
+def test_batched_terms_equal_the_per_group_reference(groups):
+    """The sets' losses computed at once (padded) equal the group-by-group computation, values and
+    gradients, with sets of different sizes, a group of one crop and an empty group."""
+    from stages.train.methods import ugcml_terms
+
+    torch.manual_seed(0)
+    batch_group = torch.tensor(groups)
+    n_groups = int(batch_group.max()) + 1
+    heads = build_student(DEFAULT_BACKBONE, n_groups, 12, 8, 32, pretrained=False).heads
+    for hd in heads[1:]:  # heads that disagree
+        torch.nn.init.normal_(hd.l.weight)
+    feat = torch.randn(2 * len(groups), heads[0].h.in_features, requires_grad=True)
+    teacher_feat = torch.randn(2 * len(groups), 12)
+    cfg = CFG.model_copy(update={"mix_share": 0.5, "context_k": 3})
+    centroids = torch.randn(5, 8)
+    got = ugcml_terms(heads, feat, teacher_feat, batch_group, cfg, centroids, torch.Generator().manual_seed(1))
+    ref = _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids, torch.Generator().manual_seed(1))
+    for k, v in ref.items():
+        assert got[k].item() == pytest.approx(v.item(), abs=1e-5), k
+    params = [feat] + list(heads.parameters())
+    g_ref = torch.autograd.grad(sum(ref.values()), params, allow_unused=True)
+    for p, a, b in zip(params, torch.autograd.grad(got["loss"], params, allow_unused=True), g_ref):
+        zero = torch.zeros_like(p)  # a head that no loss uses gets no gradient, or a zero one
+        assert torch.allclose(zero if a is None else a, zero if b is None else b, atol=1e-5)
+
+
 def test_mixed_scale_sets():
     g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2])
     sets = mixed_scale_sets(g, 3, 0.5, torch.Generator().manual_seed(0))
