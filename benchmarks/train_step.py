@@ -1,8 +1,10 @@
 """Cost of one MS-UGCML training step against the plain physical work of that step.
 
 Reference: student forward+backward and teacher forward of the same backbone on the same views
-(nothing else). Step: the whole training step (augmentation, all loss terms, optimiser, EMA).
-`step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85).
+(nothing else). Step: the training engine's own step (`stages.train.loop.Engine.step`: k-NN batch
+sampling, augmentation, every loss term, backward, AdamP, schedule, EMA, the logged values).
+`step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85),
+from medians over interleaved runs (a shared machine's noise hits both alike).
 `refresh_ratio` = time of one neighbour-graph + centroid refresh over N crops / time of embedding
 the same crops with the backbone alone (target <= 1.15).
 
@@ -24,14 +26,15 @@ from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
 from stages.index.embed import embed_tensor
 from stages.samplers import KnnBatchSampler
-from stages.train.augment import random_resized_views
-from stages.train.loop import N_VIEWS, kmeans_centroids, refresh_embeddings, ugcml_loss
+from stages.train.loop import N_VIEWS, Engine, BatchLoader, cosine_lr, kmeans_centroids, refresh_embeddings
+from stages.train.methods import build_method
 from stages.train.model import TeacherModel, build_student
 from stages.train.optim import AdamP
+from stages.train.runtime import Runtime
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 CFG = TrainParams(method="ms_ugcml", lr=3e-4)
-REPEATS = 7
+REPEATS = 15
 
 
 def median_time(fn, repeats: int = REPEATS) -> float:
@@ -46,14 +49,17 @@ def median_time(fn, repeats: int = REPEATS) -> float:
 
 def step_ratio(groups: int, crops: torch.Tensor) -> float:
     gen = torch.Generator().manual_seed(0)
-    student = build_student(DEFAULT_BACKBONE, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train_mode(True)
+    rt = Runtime(torch.device("cpu"))
+    group_of = np.arange(len(crops)) % groups
+    student = build_student(DEFAULT_BACKBONE, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train_mode(CFG.freeze_bn)
     teacher = TeacherModel(student).eval()
     opt = AdamP(student.parameters(), lr=CFG.lr, weight_decay=CFG.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, CFG.steps, CFG.warmup_steps))
+    method = build_method(CFG, group_of, groups, 0)
+    engine = Engine(rt, method, student, student.backbone, teacher, teacher, BatchLoader(crops, rt.device), opt, sched, None, CFG.ema)
+    method.before_step(0, lambda: refresh_embeddings(student, crops, group_of, CFG.batch_embed, CFG.freeze_bn, rt), rt)  # the graph (not timed)
     n = CFG.queries * CFG.neighbours
-    batch_group = torch.arange(n) * groups // n
-    centroids = torch.randn(CFG.clusters, CFG.embed_dim)
-    x = crops[:n].float() / 255
-    views = random_resized_views(x, N_VIEWS, CFG.aug_scale, gen, CFG.input_size)
+    views = method.inputs(crops[:n].float() / 255, gen, (0, n))
 
     def reference():
         with torch.no_grad():
@@ -61,21 +67,16 @@ def step_ratio(groups: int, crops: torch.Tensor) -> float:
         student.backbone(views).sum().backward()
         student.zero_grad(set_to_none=True)
 
-    def full_step():
-        v = random_resized_views(crops[:n].float() / 255, N_VIEWS, CFG.aug_scale, gen, CFG.input_size)
-        terms = ugcml_loss(student, teacher, v, batch_group, CFG, centroids if groups > 1 else None, gen)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        teacher.ema_update(student, CFG.ema)
-
-    # interleave the two measurements so that machine noise hits both alike; on a shared machine
-    # the fastest of the repeats is the one least disturbed by other processes
+    for _ in range(3):  # warm-up
+        reference()
+        engine.step(gen)
     ref, step = [], []
-    for _ in range(REPEATS):
-        ref.append(median_time(reference, 1))
-        step.append(median_time(full_step, 1))
-    return float(np.min(ref) / np.min(step))
+    for _ in range(REPEATS):  # interleaved, so that machine noise hits both alike
+        for fn, times in ((reference, ref), (lambda: engine.step(gen), step)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(ref) / np.median(step))
 
 
 def optimizer_speedup(groups: int = 8) -> float:

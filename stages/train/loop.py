@@ -15,11 +15,13 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -106,13 +108,48 @@ def step_terms(rt: Runtime, method: Method, student: StudentModel, backbone, tea
     lo, hi = rt.rows(len(idx))
     inputs = method.inputs(load(idx[lo:hi]), gen, (lo, hi))
     with rt.autocast():
-        feat = backbone(inputs)
-        if teacher_fwd is not None:
+        if teacher_fwd is not None:  # first: its buffers come and go before the student's graph holds memory
             with torch.no_grad():
                 t = teacher_fwd(inputs)
+        feat = backbone(inputs)
     feat = rt.gather_blocks(feat.float(), method.blocks)
     t = rt.gather_blocks(t.float(), method.blocks) if teacher_fwd is not None else None
     return method.loss(student.heads, feat, t, idx, gen)
+
+
+@dataclass
+class Engine:
+    """One optimisation step of any method, the same on one CPU, one GPU or many processes."""
+
+    rt: Runtime
+    method: Method
+    student: StudentModel
+    backbone: nn.Module  # the student's backbone, or its DDP/compiled wrapper
+    teacher: TeacherModel | None
+    teacher_fwd: nn.Module | None  # the teacher, or its compiled wrapper
+    load: Callable[[torch.Tensor], torch.Tensor]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    ema: float
+
+    def step(self, gen: torch.Generator) -> tuple[float, list[float]]:
+        """Sample a batch, minimise its loss, update the EMA teacher: (lr used, logged terms)."""
+        idx = torch.from_numpy(self.method.batch())
+        terms = step_terms(self.rt, self.method, self.student, self.backbone, self.teacher_fwd, self.load, idx, gen)
+        self.opt.zero_grad(set_to_none=True)
+        (terms["loss"] if self.scaler is None else self.scaler.scale(terms["loss"])).backward()
+        self.rt.average_grads(list(self.student.heads.parameters()))  # the backbone's are averaged by DDP
+        if self.scaler is None:
+            self.opt.step()
+        else:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        if self.teacher is not None:
+            self.teacher.ema_update(self.student, self.ema)
+        return lr, torch.stack([terms[k].detach().float() for k in LOG_COLUMNS[2:]]).tolist()  # one sync
 
 
 @dataclass
@@ -123,7 +160,7 @@ class TrainResult:
     is_main: bool = True  # rank 0 (or the only process): the one that writes
 
 
-class _Batches:
+class BatchLoader:
     """Crops stay uint8 on the CPU; each step's rows go to the device through a pinned buffer."""
 
     def __init__(self, crops: torch.Tensor, device: torch.device):
@@ -195,30 +232,16 @@ def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path,
     if rt.compile:
         backbone = torch.compile(backbone)
         teacher_fwd = torch.compile(teacher) if teacher is not None else None
-    load = _Batches(crops, rt.device)
-    head_params = list(student.heads.parameters())
+    load = BatchLoader(crops, rt.device)
 
     def embed_all():
         return refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt)
 
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}", unit="step", disable=not rt.is_main)
+    engine = Engine(rt, method, student, backbone, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema)
     for step in bar:
         method.before_step(step, embed_all, rt)
-        idx = torch.from_numpy(method.batch())
-        terms = step_terms(rt, method, student, backbone, teacher_fwd, load, idx, gen)
-        opt.zero_grad(set_to_none=True)
-        (terms["loss"] if scaler is None else scaler.scale(terms["loss"])).backward()
-        rt.average_grads(head_params)  # the backbone's are averaged by DDP
-        if scaler is None:
-            opt.step()
-        else:
-            scaler.step(opt)
-            scaler.update()
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        if teacher is not None:
-            teacher.ema_update(student, cfg.ema)
-        values = torch.stack([terms[k].detach().float() for k in LOG_COLUMNS[2:]]).tolist()  # one sync
+        lr, values = engine.step(gen)
         row = [str(step), f"{lr:.6g}"] + [f"{v:.6g}" for v in values]
         state["history"].append(row)
         done = step + 1

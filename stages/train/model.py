@@ -101,13 +101,16 @@ class TeacherModel(nn.Module):
         the head's theta_s is the mean of the student heads' h layers (h_1 alone for one head)."""
         t_state = list(self.backbone.parameters()) + [b for b in self.backbone.buffers() if b.is_floating_point()]
         s_state = list(student.backbone.parameters()) + [b for b in student.backbone.buffers() if b.is_floating_point()]
-        heads = [hd.h for hd in student.heads]
-        t_state += [self.head.weight, self.head.bias]
+        heads = [[hd.h.weight, hd.h.bias] for hd in student.heads]
+        t_head = [self.head.weight, self.head.bias]
         if len(heads) == 1:
-            s_state += [heads[0].weight, heads[0].bias]
-        else:
-            s_state += [torch.stack([h.weight for h in heads]).mean(0), torch.stack([h.bias for h in heads]).mean(0)]
+            torch._foreach_lerp_(t_state + t_head, s_state + heads[0], 1.0 - momentum)
+            return
         torch._foreach_lerp_(t_state, s_state, 1.0 - momentum)
+        # m theta_t + (1 - m) mean_i h_i, accumulated head by head (no stacked copy of the heads)
+        torch._foreach_mul_(t_head, momentum)
+        for h in heads:
+            torch._foreach_add_(t_head, h, alpha=(1.0 - momentum) / len(heads))
 
 
 def build_student(

@@ -27,18 +27,19 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.T
     return torch.mul(a, b, out=scratch).sum(1)
 
 
-def projection_(
-    p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float, wd_ratio: float, eps: float, scratch: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Remove in place the radial part of ``perturb`` for a scale-invariant-looking weight ``p``;
-    return the weight-decay factor (``wd_ratio`` when projected, else 1) as a 0-d tensor.
+def radial_coefficients(
+    p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float, eps: float, scratch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdamP's projection of ``perturb`` for a weight ``p`` (rows = output channels): per-row
+    ``coef`` such that ``perturb - p * coef`` has no radial part when ``p`` looks scale-invariant
+    (all zero otherwise), and whether it does (0-d bool), both decided without leaving the device.
 
-    Channel view first, layer view second, as AdamP; both decided without leaving the device.
-    ``perturb`` may be scaled by any positive constant (the projection is linear in it).
+    Channel view first, layer view second, as AdamP. ``perturb`` may be scaled by any constant
+    (the projection is linear in it).
     """
     w = p.reshape(len(p), -1)
     g = grad.reshape(len(p), -1)
-    u = perturb.view(len(p), -1)
+    u = perturb.reshape(len(p), -1)
     tmp = torch.empty_like(w) if scratch is None else scratch[: w.numel()].view_as(w)
     fan_in, numel = w.shape[1], w.numel()
     dot_gw = _row_dot(g, w, tmp)
@@ -47,13 +48,11 @@ def projection_(
     dot_wu = _row_dot(w, u, tmp)
     by_channel = _row_cosine(dot_gw, sq_g, sq_w, eps).max() < delta / math.sqrt(fan_in)
     by_layer = _row_cosine(dot_gw.sum(), sq_g.sum(), sq_w.sum(), eps) < delta / math.sqrt(numel)
-    # perturb -= w_n <w_n, perturb> = w * <w, perturb> / (||w|| + eps)^2, per channel or per layer
+    # perturb - w_n <w_n, perturb> = perturb - w * <w, perturb> / (||w|| + eps)^2, per channel or per layer
     coef_channel = dot_wu / (sq_w.sqrt() + eps).pow(2)
     coef_layer = dot_wu.sum() / (sq_w.sum().sqrt() + eps).pow(2)
     coef = torch.where(by_channel, coef_channel, torch.where(by_layer, coef_layer, torch.zeros_like(coef_channel)))
-    u.addcmul_(w, coef[:, None], value=-1.0)
-    one = torch.ones((), dtype=p.dtype, device=p.device)
-    return torch.where(by_channel | by_layer, one * wd_ratio, one)
+    return coef, by_channel | by_layer
 
 
 def _fused(tensors: list[torch.Tensor], nesterov: bool) -> bool:
@@ -136,9 +135,11 @@ class AdamP(Optimizer):
         for p, u in zip(weights, self._buffers(weights)):
             u.zero_()
             _adam_([u], [self.state[p]], group, step, weight_decay=0.0, grads=[p.grad])
-            ratio = projection_(p, p.grad, u, group["delta"], group["wd_ratio"], eps, scratch)
-            if wd > 0:
-                p.mul_(1 - lr * wd * ratio)
+            coef, projected = radial_coefficients(p, p.grad, u, group["delta"], eps, scratch)
+            # p <- p (1 - lr wd r) + (u - p coef), r = wd_ratio when projected: two passes over p
+            decay = lr * wd * torch.where(projected, group["wd_ratio"], 1.0)
+            w = p.view(len(p), -1)
+            w.addcmul_(w, (coef + decay)[:, None], value=-1.0)
             p.add_(u)
 
     def _buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
-from stages.train.loop import _Batches, refresh_embeddings, seed_everything, step_terms, train_model
+from stages.train.loop import BatchLoader, refresh_embeddings, seed_everything, step_terms, train_model
 from stages.train.methods import build_method
 from stages.train.model import TeacherModel, build_student
 from stages.train.runtime import Runtime
@@ -53,7 +53,7 @@ def _one_step_gradients(rt: Runtime) -> dict[str, torch.Tensor]:
     crops = _crops()
     method.before_step(0, lambda: refresh_embeddings(student, crops, GROUPS, CFG.batch_embed, True, rt), rt)
     backbone = torch.nn.parallel.DistributedDataParallel(student.backbone) if rt.distributed else student.backbone
-    terms = step_terms(rt, method, student, backbone, teacher, _Batches(crops, rt.device), torch.from_numpy(method.batch()), gen)
+    terms = step_terms(rt, method, student, backbone, teacher, BatchLoader(crops, rt.device), torch.from_numpy(method.batch()), gen)
     terms["loss"].backward()
     assert terms["ckd"] > 0
     return {n: p.grad.clone() for n, p in student.named_parameters()}

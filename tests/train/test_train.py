@@ -212,3 +212,18 @@ def test_cpu_runtime_is_fp32_uncompiled_single_process(monkeypatch):
     assert rt.grad_scaler() is None and rt.rows(40) == (0, 40)
     with pytest.raises(ValueError, match="train.device"):
         resolve_runtime(TrainParams(device="cuda"))
+
+
+def test_ema_teacher_head_follows_the_mean_of_the_h_layers():
+    student = build_student(DEFAULT_BACKBONE, 3, 8, 4, 32, pretrained=False)
+    teacher = TeacherModel(student)
+    with torch.no_grad():
+        for hd in student.heads:
+            hd.h.weight.normal_()
+            hd.h.bias.normal_()
+    before = teacher.head.weight.clone()
+    teacher.ema_update(student, 0.9)
+    mean = torch.stack([hd.h.weight for hd in student.heads]).mean(0)
+    assert torch.allclose(teacher.head.weight, 0.9 * before + 0.1 * mean, atol=1e-6)
+    first = next(student.backbone.parameters())
+    assert torch.allclose(next(teacher.backbone.parameters()), first, atol=1e-6)  # same start: the EMA stays
