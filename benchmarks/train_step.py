@@ -37,14 +37,18 @@ CFG = TrainParams(method="ms_ugcml", lr=3e-4)
 REPEATS = 15
 
 
-def median_time(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved(a, b, repeats: int = REPEATS, warmup: int = 1) -> tuple[float, float]:
+    """Median times of ``a`` and ``b`` run in turn (so that a shared machine's noise hits both alike)."""
+    for _ in range(warmup):
+        a()
+        b()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for fn, out in zip((a, b), times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def step_ratio(groups: int, crops: torch.Tensor) -> float:
@@ -67,16 +71,8 @@ def step_ratio(groups: int, crops: torch.Tensor) -> float:
         student.backbone(views).sum().backward()
         student.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up
-        reference()
-        engine.step(gen)
-    ref, step = [], []
-    for _ in range(REPEATS):  # interleaved, so that machine noise hits both alike
-        for fn, times in ((reference, ref), (lambda: engine.step(gen), step)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return float(np.median(ref) / np.median(step))
+    ref, step = interleaved(reference, lambda: engine.step(gen), warmup=3)
+    return ref / step
 
 
 def optimizer_speedup(groups: int = 8) -> float:
@@ -88,11 +84,8 @@ def optimizer_speedup(groups: int = 8) -> float:
         p.grad = torch.randn(p.shape, generator=g) * 1e-3
     ours = AdamP(params, lr=CFG.lr, weight_decay=CFG.weight_decay)
     package = adamp.AdamP(params, lr=CFG.lr, weight_decay=CFG.weight_decay)
-    ref, new = [], []
-    for _ in range(REPEATS):
-        ref.append(median_time(package.step, 1))
-        new.append(median_time(ours.step, 1))
-    return float(np.min(ref) / np.min(new))
+    ref, new = interleaved(package.step, ours.step)
+    return ref / new
 
 
 def refresh_ratio(crops: torch.Tensor, groups: int = 4) -> float:
@@ -108,7 +101,8 @@ def refresh_ratio(crops: torch.Tensor, groups: int = 4) -> float:
         sampler.refresh(h)
         kmeans_centroids(l, CFG.clusters, 0)
 
-    return median_time(refresh, 3) / median_time(bare, 3)
+    base, full = interleaved(bare, refresh, repeats=5)
+    return full / base
 
 
 def main() -> None:
