@@ -210,7 +210,7 @@ def ugcml_terms(
     sizes = torch.tensor([len(s) for s in sets])
     rows = torch.cat([torch.cat([s, s + len(batch_group)]) for s in sets]).to(dev)  # views of each set, set after set
     start = (2 * sizes).cumsum(0) - 2 * sizes  # first row of each set in ``rows``
-    outs = [head(feat[rows[a : a + 2 * n]]) for head, a, n in zip(heads, start.tolist(), sizes.tolist())]
+    outs = [head(f) for head, f in zip(heads, feat[rows].split((2 * sizes).tolist()))]  # one gather for all heads
     h_all, l_all = torch.cat([h for h, _ in outs]), torch.cat([l for _, l in outs])
     zero = feat.new_zeros(())
     terms = {"rc_h": zero, "rc_l": zero, "self_distill": zero, "ckd": zero}
