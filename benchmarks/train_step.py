@@ -51,18 +51,18 @@ def interleaved(a, b, repeats: int = REPEATS, warmup: int = 1) -> tuple[float, f
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def step_ratio(groups: int, crops: torch.Tensor) -> float:
+def step_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> float:
     gen = torch.Generator().manual_seed(0)
     rt = Runtime(torch.device("cpu"))
     group_of = np.arange(len(crops)) % groups
-    student = build_student(DEFAULT_BACKBONE, groups, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train_mode(CFG.freeze_bn)
+    student = build_student(DEFAULT_BACKBONE, groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size).train_mode(cfg.freeze_bn)
     teacher = TeacherModel(student).eval()
-    opt = AdamP(student.parameters(), lr=CFG.lr, weight_decay=CFG.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, CFG.steps, CFG.warmup_steps))
-    method = build_method(CFG, group_of, groups, 0)
-    engine = Engine(rt, method, student, student.backbone, teacher, teacher, BatchLoader(crops, rt.device), opt, sched, None, CFG.ema)
-    method.before_step(0, lambda: refresh_embeddings(student, crops, group_of, CFG.batch_embed, CFG.freeze_bn, rt), rt)  # the graph (not timed)
-    n = CFG.queries * CFG.neighbours
+    opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
+    method = build_method(cfg, group_of, groups, 0)
+    engine = Engine(rt, method, student, student.backbone, teacher, teacher, BatchLoader(crops, rt.device), opt, sched, None, cfg.ema)
+    method.before_step(0, lambda: refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt), rt)  # the graph (not timed)
+    n = cfg.queries * cfg.neighbours
     views = method.inputs(crops[:n].float() / 255, gen, (0, n))
 
     def reference():
@@ -112,6 +112,11 @@ def main() -> None:
     for g in (1, 4, 8):
         result[f"step_ratio_g{g}"] = round(step_ratio(g, crops), 3)
         print(f"step_ratio_g{g:<5d} {result[f'step_ratio_g{g}']}", flush=True)
+    # the heads' and the optimiser's cost per step does not grow with the input size, the backbone's does
+    big = CFG.model_copy(update={"input_size": 128})
+    crops_big = (torch.rand(1024, 3, big.input_size, big.input_size) * 255).to(torch.uint8)
+    result["step_ratio_g8_input128"] = round(step_ratio(8, crops_big, big), 3)
+    print(f"step_ratio_g8_input128 {result['step_ratio_g8_input128']}", flush=True)
     result["refresh_ratio"] = round(refresh_ratio(crops), 3)
     result["adamp_speedup_g8"] = round(optimizer_speedup(8), 3)
     result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # other processes on the machine
