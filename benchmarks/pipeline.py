@@ -2,7 +2,9 @@
 
 Writes benchmarks/results/pipeline.json: {"<stage>_s": seconds, ..., "total_s": seconds}.
 Run from the project root: `python benchmarks/pipeline.py [--params params.yaml]`.
-Stages run in DAG order in the working tree, exactly as `dvc repro --force` would run them.
+Stages run in DAG order in the working tree, as `dvc repro --force` runs them, after removing
+the resumable state of the default dataset and backbone (extraction manifest, training
+checkpoint) so that every stage computes from scratch instead of resuming a finished run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from stages.config import load_params
+from stages.layout import model_dir, objects_dir
+
 STAGES = ("data", "extract", "splits", "groups", "train", "index", "evaluate")
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 
@@ -24,6 +29,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
+    params = load_params(args.params)
+    for state in (objects_dir(params.datasets[0]) / "manifest.json", model_dir(params.backbones[0]) / "checkpoint.pt"):
+        state.unlink(missing_ok=True)
     timings: dict[str, float] = {}
     for stage in STAGES:
         t0 = time.perf_counter()
