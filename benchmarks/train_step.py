@@ -3,8 +3,9 @@
 Reference: student forward+backward and teacher forward of the same backbone on the same views
 (nothing else). Step: the training engine's own step (`stages.train.loop.Engine.step`: k-NN batch
 sampling, augmentation, every loss term, backward, AdamP, schedule, EMA, the logged values).
-`step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85),
-from medians over interleaved runs (a shared machine's noise hits both alike).
+`step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85):
+the median of 3 rounds (with `_min`/`_max`), each from medians over interleaved runs (a shared
+machine's noise hits both alike).
 `refresh_ratio` = time of one neighbour-graph + centroid refresh over N crops / time of embedding
 the same crops with the backbone alone (target <= 1.15).
 
@@ -35,6 +36,7 @@ from stages.train.runtime import Runtime
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 CFG = TrainParams(method="ms_ugcml", lr=3e-4)
 REPEATS = 15
+ROUNDS = 3  # independent measurements of each step ratio; the JSON has their median, min and max
 
 
 def interleaved(a, b, repeats: int = REPEATS, warmup: int = 1) -> tuple[float, float]:
@@ -109,9 +111,11 @@ def main() -> None:
     torch.manual_seed(0)
     crops = (torch.rand(4096, 3, CFG.input_size, CFG.input_size) * 255).to(torch.uint8)
     result = {}
-    for g in (1, 4, 8):
-        result[f"step_ratio_g{g}"] = round(step_ratio(g, crops), 3)
-        print(f"step_ratio_g{g:<5d} {result[f'step_ratio_g{g}']}", flush=True)
+    for g in (1, 4, 8):  # rounds minutes apart: a shared machine's slow drifts show as the min-max spread
+        runs = [step_ratio(g, crops) for _ in range(ROUNDS)]
+        result[f"step_ratio_g{g}"] = round(float(np.median(runs)), 3)
+        result[f"step_ratio_g{g}_min"], result[f"step_ratio_g{g}_max"] = round(min(runs), 3), round(max(runs), 3)
+        print(f"step_ratio_g{g:<5d} {result[f'step_ratio_g{g}']} (rounds: {', '.join(f'{r:.3f}' for r in runs)})", flush=True)
     # the heads' and the optimiser's cost per step does not grow with the input size, the backbone's does
     big = CFG.model_copy(update={"input_size": 128})
     crops_big = (torch.rand(1024, 3, big.input_size, big.input_size) * 255).to(torch.uint8)
