@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,10 +18,13 @@ from stages.index.embed import decode_to_tensor
 from stages.shards import read_objects
 from stages.train.model import backbone_meta, build_student, save_model
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
 
-def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFrame, "torch.Tensor"]:
+def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFrame, torch.Tensor]:
     """Training objects (splits stage) joined with their scale group and decoded crops."""
     chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id"])
     groups = pd.read_parquet(layout.GROUPS / "assignment.parquet")

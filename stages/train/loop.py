@@ -59,21 +59,6 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def ugcml_loss(
-    student: StudentModel,
-    teacher: TeacherModel,
-    views: torch.Tensor,
-    batch_group: torch.Tensor,
-    cfg: TrainParams,
-    centroids: torch.Tensor | None,
-    generator: torch.Generator,
-) -> dict[str, torch.Tensor]:
-    """MS-UGCML loss of one batch of views stacked [2B, 3, S, S] (one process, no autocast)."""
-    with torch.no_grad():
-        t = teacher(views)
-    return ugcml_terms(student.heads, student.backbone(views), t, batch_group, cfg, centroids, generator)
-
-
 @torch.no_grad()
 def refresh_embeddings(
     student: StudentModel, crops: torch.Tensor, group_of: np.ndarray, batch: int, freeze_bn: bool, runtime: Runtime | None = None

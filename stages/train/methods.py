@@ -228,23 +228,24 @@ def ugcml_terms(
         terms["rc_l"] = relaxed_contrastive(l, w, cfg.delta, valid).sum()  # eq. 4 on l_m
         terms["self_distill"] = self_distillation(h, l, valid).sum()  # eq. 3
     if centroids is not None and len(sets) > 1:
-        terms["ckd"] = collaborative_distillation(l_all, *_shared_rows(sets, len(batch_group), start, dev), centroids, cfg.ckd_tau)  # eq. 2
+        terms["ckd"] = collaborative_distillation(l_all, *_shared_rows(sets, sizes, start, len(batch_group), dev), centroids, cfg.ckd_tau)  # eq. 2
     terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
     return terms
 
 
-def _shared_rows(sets: list[torch.Tensor], n_crops: int, start: torch.Tensor, dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def _shared_rows(
+    sets: list[torch.Tensor], sizes: torch.Tensor, start: torch.Tensor, n_crops: int, dev
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """For every group pair (a, b), a < b, and every crop in both sets, both views' rows in the
-    stacked head outputs (set after set, each [view 1 of its crops; view 2]): (rows_a, rows_b,
-    pair, n_pairs) as :func:`collaborative_distillation` takes them."""
+    stacked head outputs (set after set from row ``start``, each [view 1 of its ``sizes`` crops;
+    view 2]): (rows_a, rows_b, pair, n_pairs) as :func:`collaborative_distillation` takes them."""
     g = len(sets)
     where = torch.full((g, n_crops), -1, dtype=torch.long)  # position of each crop in each set
     for m, s in enumerate(sets):
         where[m, s] = torch.arange(len(s))
     a, b = torch.triu_indices(g, g, 1)
     pair, crop = torch.nonzero((where[a] >= 0) & (where[b] >= 0), as_tuple=True)
-    size = torch.tensor([len(s) for s in sets])
     a, b = a[pair], b[pair]
     rows_a, rows_b = start[a] + where[a, crop], start[b] + where[b, crop]  # view 1; view 2 is n rows on
-    rows_a, rows_b = torch.cat([rows_a, rows_a + size[a]]), torch.cat([rows_b, rows_b + size[b]])
+    rows_a, rows_b = torch.cat([rows_a, rows_a + sizes[a]]), torch.cat([rows_b, rows_b + sizes[b]])
     return rows_a.to(dev), rows_b.to(dev), torch.cat([pair, pair]).to(dev), g * (g - 1) // 2

@@ -7,7 +7,8 @@ import torch
 from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
 from stages.train.augment import random_resized_views
-from stages.train.loop import cosine_lr, mixed_scale_sets, train_model, ugcml_loss
+from stages.train.loop import cosine_lr, mixed_scale_sets, train_model
+from stages.train.methods import ugcml_terms
 from stages.train.model import TeacherModel, build_student
 
 CFG = TrainParams(
@@ -61,7 +62,9 @@ def test_gradients_reach_backbone_and_every_head(crops):
     views = random_resized_views(x, 2, CFG.aug_scale, torch.Generator().manual_seed(0), CFG.input_size)
     centroids = torch.randn(5, CFG.embed_dim)
     cfg = CFG.model_copy(update={"method": "ms_ugcml", "mix_share": 0.5})
-    terms = ugcml_loss(student, teacher, views, torch.arange(9) % 3, cfg, centroids, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t = teacher(views)
+    terms = ugcml_terms(student.heads, student.backbone(views), t, torch.arange(9) % 3, cfg, centroids, torch.Generator().manual_seed(0))
     assert terms["ckd"] > 0
     terms["loss"].backward()
     for head in student.heads:
@@ -120,8 +123,6 @@ def _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids,
 def test_batched_terms_equal_the_per_group_reference(groups):
     """The sets' losses computed at once (padded) equal the group-by-group computation, values and
     gradients, with sets of different sizes, a group of one crop and an empty group."""
-    from stages.train.methods import ugcml_terms
-
     torch.manual_seed(0)
     batch_group = torch.tensor(groups)
     n_groups = int(batch_group.max()) + 1
