@@ -1,6 +1,7 @@
-"""AdamP (Heo et al., ICLR 2021) on PyTorch's fused Adam kernel and a branch-free projection:
-the same updates as the ``adamp`` package's ``AdamP``, without its per-parameter Python loop of
-~20 small ops and without host synchronisation on GPU.
+"""AdamP (Heo et al., ICLR 2021) on PyTorch's fused Adam kernel: the same updates as the
+``adamp`` package's ``AdamP``, without its per-parameter Python loop of ~20 small ops. On the
+CPU a weight that fails the projection test is updated with the others' fused AdamW call; on a
+GPU the test is never read on the host (no synchronisation): the projection is branch-free.
 
 AdamP = Adam whose update ``perturb = m_hat / (sqrt(v_hat) + eps)`` of a weight tensor (ndim > 1)
 loses its radial component when the weight looks scale-invariant: if every channel's
@@ -27,32 +28,51 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.T
     return torch.mul(a, b, out=scratch).sum(1)
 
 
-def radial_coefficients(
-    p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float, eps: float, scratch: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """AdamP's projection of ``perturb`` for a weight ``p`` (rows = output channels): per-row
-    ``coef`` such that ``perturb - p * coef`` has no radial part when ``p`` looks scale-invariant
-    (all zero otherwise), and whether it does (0-d bool), both decided without leaving the device.
-
-    Channel view first, layer view second, as AdamP. ``perturb`` may be scaled by any constant
-    (the projection is linear in it).
-    """
+def scale_invariance(
+    p: torch.Tensor, grad: torch.Tensor, delta: float, eps: float, scratch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AdamP's test of whether a weight ``p`` (rows = output channels) looks scale-invariant:
+    (by_channel, by_layer) as 0-d bools, decided without leaving the device, and the rows'
+    squared norms (which :func:`radial_coefficients` reuses). Channel view first, layer view
+    second, as AdamP: by_layer is only consulted where by_channel is false."""
     w = p.reshape(len(p), -1)
     g = grad.reshape(len(p), -1)
-    u = perturb.reshape(len(p), -1)
     tmp = torch.empty_like(w) if scratch is None else scratch[: w.numel()].view_as(w)
-    fan_in, numel = w.shape[1], w.numel()
     dot_gw = _row_dot(g, w, tmp)
     sq_g = torch.linalg.vector_norm(g, dim=1).pow_(2)
     sq_w = torch.linalg.vector_norm(w, dim=1).pow_(2)
-    dot_wu = _row_dot(w, u, tmp)
-    by_channel = _row_cosine(dot_gw, sq_g, sq_w, eps).max() < delta / math.sqrt(fan_in)
-    by_layer = _row_cosine(dot_gw.sum(), sq_g.sum(), sq_w.sum(), eps) < delta / math.sqrt(numel)
+    by_channel = _row_cosine(dot_gw, sq_g, sq_w, eps).max() < delta / math.sqrt(w.shape[1])
+    by_layer = _row_cosine(dot_gw.sum(), sq_g.sum(), sq_w.sum(), eps) < delta / math.sqrt(w.numel())
+    return by_channel, by_layer, sq_w
+
+
+def radial_coefficients(
+    p: torch.Tensor,
+    perturb: torch.Tensor,
+    invariance: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    eps: float,
+    scratch: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """AdamP's projection of ``perturb`` for a weight ``p`` found scale-invariant by
+    :func:`scale_invariance` (``invariance``): per-row ``coef`` such that ``perturb - p * coef``
+    has no radial part in the view the test chose (all zero when neither view holds).
+
+    ``perturb`` may be scaled by any constant (the projection is linear in it).
+    """
+    by_channel, by_layer, sq_w = invariance
+    w = p.reshape(len(p), -1)
+    u = perturb.reshape(len(p), -1)
+    dot_wu = _row_dot(w, u, torch.empty_like(w) if scratch is None else scratch[: w.numel()].view_as(w))
     # perturb - w_n <w_n, perturb> = perturb - w * <w, perturb> / (||w|| + eps)^2, per channel or per layer
     coef_channel = dot_wu / (sq_w.sqrt() + eps).pow(2)
     coef_layer = dot_wu.sum() / (sq_w.sum().sqrt() + eps).pow(2)
-    coef = torch.where(by_channel, coef_channel, torch.where(by_layer, coef_layer, 0.0))
-    return coef, by_channel | by_layer
+    return torch.where(by_channel, coef_channel, torch.where(by_layer, coef_layer, 0.0))
+
+
+def _host_decides(device: torch.device) -> bool:
+    """Whether the projection test may be read on the host: free on the CPU; on a GPU it would
+    synchronise every weight, so there every weight takes the branch-free path."""
+    return device.type == "cpu"
 
 
 def _fused(tensors: list[torch.Tensor], nesterov: bool) -> bool:
@@ -130,34 +150,36 @@ class AdamP(Optimizer):
         return loss
 
     def _update(self, group: dict, step: int, params: list[torch.Tensor]) -> None:
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        vectors = [p for p in params if p.dim() <= 1]
+        lr, eps, wd, delta = group["lr"], group["eps"], group["weight_decay"], group["delta"]
+        step_tensor = torch.full((), float(step), device=params[0].device)
+        # biases and norm scales are never projected, nor are weights that fail the test: their
+        # AdamP update is AdamW's, made for all of them at the end in one fused call
+        plain = [p for p in params if p.dim() <= 1]
         weights = [p for p in params if p.dim() > 1]
-        # biases and norm scales are never projected: AdamP's update for them is AdamW's
-        _adam_(vectors, [self.state[p] for p in vectors], group, step, weight_decay=wd)
-        if not weights:
-            return
-        # weights: the Adam step u = -lr * m_hat / (sqrt(v_hat) + eps) written into a zeroed
-        # buffer, then p <- p (1 - lr wd r) + (u - p coef) with u's radial part p coef removed;
-        # one weight at a time, so that its tensors stay in cache through all of its passes
-        scratch = self._scratch(weights)
-        step_tensor = torch.full((), float(step), device=weights[0].device)
-        for p, u in zip(weights, self._buffers(weights)):
+        scratch = self._scratch(weights) if weights else None
+        for p in weights:  # one weight at a time, so that its tensors stay in cache through its passes
+            test = scale_invariance(p, p.grad, delta, eps, scratch)
+            if _host_decides(p.device) and not bool(test[0] | test[1]):
+                plain.append(p)
+                continue
+            # the Adam step u = -lr * m_hat / (sqrt(v_hat) + eps) into a zeroed buffer, then
+            # p <- p (1 - lr wd r) + (u - p coef): u without its radial part p coef, r = wd_ratio
+            u = self._buffer(p)
             u.zero_()
             _adam_([u], [self.state[p]], group, step, weight_decay=0.0, grads=[p.grad], step_tensor=step_tensor)
-            coef, projected = radial_coefficients(p, p.grad, u, group["delta"], eps, scratch)
-            decay = lr * wd * torch.where(projected, group["wd_ratio"], 1.0)  # r = wd_ratio when projected
-            p.addcmul_(p, (coef + decay).view(-1, *[1] * (p.dim() - 1)), value=-1.0)  # two passes over p
-            p.add_(u)
+            coef = radial_coefficients(p, u, test, eps, scratch)
+            decay = lr * wd * torch.where(test[0] | test[1], group["wd_ratio"], 1.0)
+            scale = (coef + decay - 1.0).view(-1, *[1] * (p.dim() - 1))
+            torch.addcmul(u, p, scale, value=-1.0, out=p)  # u + p (1 - coef - decay), one pass
+        _adam_(plain, [self.state[p] for p in plain], group, step, weight_decay=wd, step_tensor=step_tensor)
 
-    def _buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-parameter work buffers, kept across steps (not part of the optimiser state)."""
+    def _buffer(self, p: torch.Tensor) -> torch.Tensor:
+        """A work buffer shaped like ``p``, kept across steps (not part of the optimiser state)."""
         if not hasattr(self, "_work"):
             self._work: dict[int, torch.Tensor] = {}
-        for p in params:
-            if id(p) not in self._work:
-                self._work[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
-        return [self._work[id(p)] for p in params]
+        if id(p) not in self._work:
+            self._work[id(p)] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        return self._work[id(p)]
 
     def _scratch(self, params: list[torch.Tensor]) -> torch.Tensor:
         n = max((p.numel() for p in params if p.dim() > 1), default=0)

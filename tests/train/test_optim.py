@@ -22,13 +22,15 @@ def _loss(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (nn.functional.normalize(out, dim=1) - 0.3).pow(2).sum() + out[:, :2].pow(2).mean()
 
 
+@pytest.mark.parametrize("host_decides", [True, False], ids=["cpu-branch", "branch-free"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_same_updates_as_adamp_package(nesterov, monkeypatch):
+def test_same_updates_as_adamp_package(nesterov, host_decides, monkeypatch):
     import stages.train.optim as optim
 
     projected = []
-    original = optim.radial_coefficients
-    monkeypatch.setattr(optim, "radial_coefficients", lambda *a: projected.append(bool((r := original(*a))[1])) or r)
+    original = optim.scale_invariance
+    monkeypatch.setattr(optim, "scale_invariance", lambda *a: projected.append(bool((r := original(*a))[0] | r[1])) or r)
+    monkeypatch.setattr(optim, "_host_decides", lambda device: host_decides)  # the GPU's path, run on the CPU
     ours, ref = _model(), _model()
     opt_ours = AdamP(ours.parameters(), lr=1e-2, weight_decay=0.01, nesterov=nesterov)
     opt_ref = adamp.AdamP(ref.parameters(), lr=1e-2, weight_decay=0.01, nesterov=nesterov)
@@ -47,17 +49,24 @@ def test_same_updates_as_adamp_package(nesterov, monkeypatch):
 
 
 def test_projection_removes_radial_component():
-    from stages.train.optim import radial_coefficients
+    from stages.train.optim import radial_coefficients, scale_invariance
 
     w = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     g = torch.tensor([[-4.0, 3.0], [0.0, 1.0]])  # orthogonal to every row: scale-invariant
     u = torch.tensor([[1.0, 1.0], [2.0, 5.0]])
-    coef, projected = radial_coefficients(w, g, u, delta=0.1, eps=0.0)
+    test = scale_invariance(w, g, delta=0.1, eps=0.0)
+    assert bool(test[0]) and torch.equal(test[2], torch.tensor([25.0, 1.0]))  # channel view; |w_c|^2
+    coef = radial_coefficients(w, u, test, eps=0.0)
     # row 1: u - w <w,u>/|w|^2 = [1,1] - [3,4]*7/25 = [0.16, -0.12]; row 2: [2,5] - [1,0]*2 = [0, 5]
     assert torch.allclose(u - w * coef[:, None], torch.tensor([[0.16, -0.12], [0.0, 5.0]]), atol=1e-6)
-    assert bool(projected)
-    coef, projected = radial_coefficients(w, w.clone(), u, 0.1, 0.0)  # grad along w: no projection
-    assert not bool(projected) and torch.equal(coef, torch.zeros(2))
+    test = scale_invariance(w, w.clone(), 0.1, 0.0)  # grad along w: no projection
+    assert not bool(test[0] | test[1]) and torch.equal(radial_coefficients(w, u, test, 0.0), torch.zeros(2))
+    # rows not orthogonal one by one, but the layer as a whole: the layer view, one coefficient
+    g = torch.tensor([[-4.0, 3.0], [0.5, 1.0]])  # <g, w> per row: 0, 0.5 (cos 0.447); layer: 0.5 / (5.12 * 5.10) = 0.019
+    test = scale_invariance(w, g, delta=0.1, eps=0.0)  # channel bound 0.1/sqrt(2) = 0.0707, layer 0.1/2 = 0.05
+    assert not bool(test[0]) and bool(test[1])
+    coef = radial_coefficients(w, u, test, eps=0.0)  # <w, u> / |w|^2 = (7 + 2) / 26
+    assert torch.allclose(coef, torch.full((2,), 9 / 26))
 
 
 def test_state_round_trip():
