@@ -7,6 +7,7 @@ Every function takes embeddings ``[..., n, d]``: one set, or a batch of sets pad
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def pairwise_distance(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -26,6 +27,11 @@ def relative_distance(x: torch.Tensor, valid: torch.Tensor | None = None) -> tor
         cols = valid.to(d.dtype)[..., None, :]
         mean = (d * cols).sum(-1, keepdim=True) / cols.sum(-1, keepdim=True).clamp_min(1.0)
     return d / mean.clamp_min(1e-12)
+
+
+def embedding_distances(emb: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Relative distances of the L2-normalised embeddings: what eq. 3 and eq. 4 compare."""
+    return relative_distance(F.normalize(emb, dim=-1), valid)
 
 
 def pair_mask(n: int, valid: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

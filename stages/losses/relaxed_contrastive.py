@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from stages.losses.distances import pair_mask, relative_distance
+from stages.losses.distances import embedding_distances, pair_mask
 
 
 def relaxed_contrastive(emb: torch.Tensor, weights: torch.Tensor, delta: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -16,9 +15,13 @@ def relaxed_contrastive(emb: torch.Tensor, weights: torch.Tensor, delta: float =
     sets (one loss per set). The pair mean (division by n(n-1), as STML's code) rather than the
     printed 1/n keeps the loss scale independent of the batch size.
     """
-    d = relative_distance(F.normalize(emb, dim=-1), valid)
+    return relaxed_contrastive_on_distances(embedding_distances(emb, valid), weights, delta, valid)
+
+
+def relaxed_contrastive_on_distances(d: torch.Tensor, weights: torch.Tensor, delta: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`relaxed_contrastive` from the embeddings' distances ``d`` (:func:`embedding_distances`)."""
     pull = weights * d.pow(2)
     push = (1.0 - weights) * (delta - d).clamp_min(0).pow(2)
-    _, pairs = pair_mask(emb.shape[-2], valid, emb.device)
-    pairs = pairs.to(emb.dtype)
+    _, pairs = pair_mask(d.shape[-1], valid, d.device)
+    pairs = pairs.to(d.dtype)
     return ((pull + push) * pairs).sum((-2, -1)) / pairs.sum((-2, -1)).clamp_min(1.0)

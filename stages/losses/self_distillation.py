@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stages.losses.distances import pair_mask, relative_distance
+from stages.losses.distances import embedding_distances, pair_mask
 
 
 def self_distillation(teacher_emb: torch.Tensor, student_emb: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -15,12 +15,17 @@ def self_distillation(teacher_emb: torch.Tensor, student_emb: torch.Tensor, vali
     set). As in STML's code, the higher-dimensional h embedding teaches l and is detached; eq. 3
     as printed writes the KL the other way round (see docs).
     """
-    cols, pairs = pair_mask(teacher_emb.shape[-2], valid, teacher_emb.device)
-    d_h = relative_distance(F.normalize(teacher_emb.detach(), dim=-1), valid)
-    d_l = relative_distance(F.normalize(student_emb, dim=-1), valid)
-    log_p = F.log_softmax((-d_h).masked_fill(~cols, float("-inf")), dim=-1)
-    log_q = F.log_softmax((-d_l).masked_fill(~cols, float("-inf")), dim=-1)
+    return self_distillation_on_distances(embedding_distances(teacher_emb, valid), embedding_distances(student_emb, valid), valid)
+
+
+def self_distillation_on_distances(d_teacher: torch.Tensor, d_student: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`self_distillation` from the two embeddings' distances (:func:`embedding_distances`);
+    no gradient reaches ``d_teacher``."""
+    n = d_teacher.shape[-1]
+    cols, pairs = pair_mask(n, valid, d_teacher.device)
+    log_p = F.log_softmax((-d_teacher.detach()).masked_fill(~cols, float("-inf")), dim=-1)
+    log_q = F.log_softmax((-d_student).masked_fill(~cols, float("-inf")), dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).masked_fill(~pairs, 0.0)
     if valid is None:
-        return kl.sum((-2, -1)) / max(1, teacher_emb.shape[-2])
+        return kl.sum((-2, -1)) / max(1, n)
     return kl.sum((-2, -1)) / valid.sum(-1).clamp_min(1).to(kl.dtype)

@@ -17,9 +17,10 @@ from stages.config import TrainParams
 from stages.losses import (
     anchor_nt_xent,
     collaborative_distillation,
+    embedding_distances,
     nt_xent,
-    relaxed_contrastive,
-    self_distillation,
+    relaxed_contrastive_on_distances,
+    self_distillation_on_distances,
     teacher_weights,
 )
 from stages.samplers import KnnBatchSampler
@@ -224,9 +225,10 @@ def ugcml_terms(
         valid = valid.to(dev)
         h, l = h_all[idx], l_all[idx]
         w = teacher_weights(teacher_feat[rows[idx]], cfg.sigma, cfg.context_k, crop[:, :, None] == crop[:, None, :], valid)
-        terms["rc_h"] = relaxed_contrastive(h, w, cfg.delta, valid).sum()  # eq. 4 on h_m
-        terms["rc_l"] = relaxed_contrastive(l, w, cfg.delta, valid).sum()  # eq. 4 on l_m
-        terms["self_distill"] = self_distillation(h, l, valid).sum()  # eq. 3
+        d_h, d_l = embedding_distances(h, valid), embedding_distances(l, valid)  # each once, for eq. 3 and eq. 4
+        terms["rc_h"] = relaxed_contrastive_on_distances(d_h, w, cfg.delta, valid).sum()  # eq. 4 on h_m
+        terms["rc_l"] = relaxed_contrastive_on_distances(d_l, w, cfg.delta, valid).sum()  # eq. 4 on l_m
+        terms["self_distill"] = self_distillation_on_distances(d_h, d_l, valid).sum()  # eq. 3
     if centroids is not None and len(sets) > 1:
         terms["ckd"] = collaborative_distillation(l_all, *_shared_rows(sets, sizes, start, len(batch_group), dev), centroids, cfg.ckd_tau)  # eq. 2
     terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
