@@ -3,11 +3,11 @@
 Reference: student forward+backward and teacher forward of the same backbone on the same views
 (nothing else). Step: the training engine's own step (`stages.train.loop.Engine.step`: k-NN batch
 sampling, augmentation, every loss term, backward, AdamP, schedule, EMA, the logged values).
-`step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85):
-the median of 3 rounds (with `_min`/`_max`), each from medians over interleaved runs (a shared
-machine's noise hits both alike).
+`step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85).
 `refresh_ratio` = time of one neighbour-graph + centroid refresh over N crops / time of embedding
 the same crops with the backbone alone (target <= 1.15).
+Every ratio is the median of 3 rounds (with `_min`/`_max`), each from medians over interleaved
+runs (a shared machine's noise hits both alike).
 
 Writes benchmarks/results/train_step.json. Run: `python benchmarks/train_step.py`.
 """
@@ -103,30 +103,33 @@ def refresh_ratio(crops: torch.Tensor, groups: int = 4) -> float:
         sampler.refresh(h)
         kmeans_centroids(l, CFG.clusters, 0)
 
-    base, full = interleaved(bare, refresh, repeats=5)
+    base, full = interleaved(bare, refresh, repeats=3)
     return full / base
+
+
+def rounds(name: str, measure, result: dict) -> None:
+    """``result[name]``: the median of ROUNDS measurements, with their min and max (rounds minutes
+    apart: a shared machine's slow drifts show as the spread)."""
+    runs = [measure() for _ in range(ROUNDS)]
+    result[name] = round(float(np.median(runs)), 3)
+    result[f"{name}_min"], result[f"{name}_max"] = round(min(runs), 3), round(max(runs), 3)
+    print(f"{name:<22s} {result[name]} (rounds: {', '.join(f'{r:.3f}' for r in runs)})", flush=True)
 
 
 def main() -> None:
     torch.manual_seed(0)
     crops = (torch.rand(4096, 3, CFG.input_size, CFG.input_size) * 255).to(torch.uint8)
-    result = {}
-    for g in (1, 4, 8):  # rounds minutes apart: a shared machine's slow drifts show as the min-max spread
-        runs = [step_ratio(g, crops) for _ in range(ROUNDS)]
-        result[f"step_ratio_g{g}"] = round(float(np.median(runs)), 3)
-        result[f"step_ratio_g{g}_min"], result[f"step_ratio_g{g}_max"] = round(min(runs), 3), round(max(runs), 3)
-        print(f"step_ratio_g{g:<5d} {result[f'step_ratio_g{g}']} (rounds: {', '.join(f'{r:.3f}' for r in runs)})", flush=True)
+    result: dict = {}
+    for g in (1, 4, 8):
+        rounds(f"step_ratio_g{g}", lambda: step_ratio(g, crops), result)
     # the heads' and the optimiser's cost per step does not grow with the input size, the backbone's does
     big = CFG.model_copy(update={"input_size": 128})
     crops_big = (torch.rand(1024, 3, big.input_size, big.input_size) * 255).to(torch.uint8)
-    result["step_ratio_g8_input128"] = round(step_ratio(8, crops_big, big), 3)
-    print(f"step_ratio_g8_input128 {result['step_ratio_g8_input128']}", flush=True)
-    result["refresh_ratio"] = round(refresh_ratio(crops), 3)
+    rounds("step_ratio_g8_input128", lambda: step_ratio(8, crops_big, big), result)
+    rounds("refresh_ratio", lambda: refresh_ratio(crops), result)
     result["adamp_speedup_g8"] = round(optimizer_speedup(8), 3)
     result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # other processes on the machine
     result.update(batch_crops=CFG.queries * CFG.neighbours, views=N_VIEWS, input_size=CFG.input_size, refresh_crops=len(crops))
-    for k, v in result.items():
-        print(f"{k:16s} {v}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
