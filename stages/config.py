@@ -171,7 +171,7 @@ class TrainParams(_Strict):
     ckd_tau: float = Field(0.1, gt=0, description="temperature of the centroid similarity softmax (CKD)")
     mix_share: float = Field(0.1, ge=0, le=1, description="share of each smaller group's crops mixed into a group's set")
     ntxent_tau: float = Field(0.1, gt=0, description="temperature of the NT-Xent baseline")
-    embed_head: Literal["first", "mean"] = Field("first", description="retrieval embedding: l of the first head or mean of the l heads")
+    embed_head: Literal["first", "mean"] = Field("mean", description="retrieval embedding: mean of the l heads, or first head's l (authors' code); no retraining")
     embed_dim: int = Field(512, ge=8, description="dimension of the retrieval embedding l")
     teacher_dim: int = Field(1024, ge=8, description="dimension of h and of the teacher head")
     freeze_bn: bool = Field(True, description="keep backbone BatchNorm statistics fixed (k-NN batches are not i.i.d.)")

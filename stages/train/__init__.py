@@ -47,10 +47,15 @@ def resolved_train_params(params: Params, backbone: str) -> TrainParams:
     return params.train.model_copy(update={"lr": lr})
 
 
+TRAIN_PARAMS_AFTER_TRAINING = {"embed_head"}  # read when the model embeds, never by a training step
+
+
 def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, crops) -> str:
     """Identity of a training run: its parameters, backbone, exact input crops and the training
-    code (a checkpoint written by other code is not resumed)."""
-    h = hashlib.sha256(json.dumps(resolved_train_params(params, backbone).model_dump(mode="json"), sort_keys=True).encode())
+    code (a checkpoint written by other code is not resumed). Parameters that only say how the
+    trained model embeds are left out: changing them resumes the finished run, no retraining."""
+    cfg = resolved_train_params(params, backbone).model_dump(mode="json", exclude=TRAIN_PARAMS_AFTER_TRAINING)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
     h.update(json.dumps(backbone_meta(backbone, params.backbone_options.get(backbone)), sort_keys=True).encode())
     package = Path(__file__).resolve().parents[1]
     for path in sorted(p for folder in TRAINING_CODE for p in (package / folder).rglob("*.py")):

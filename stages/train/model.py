@@ -30,7 +30,7 @@ class StudentModel(nn.Module):
     """Backbone with ``n_heads`` embedding heads; ``n_heads = 0`` embeds with the pooled feature."""
 
     def __init__(
-        self, backbone: nn.Module, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, embed_head: str = "first"
+        self, backbone: nn.Module, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, embed_head: str = "mean"
     ):
         super().__init__()
         if embed_head not in ("first", "mean"):
@@ -120,7 +120,7 @@ def build_student(
     embed_dim: int,
     input_size: int,
     pretrained: bool = True,
-    embed_head: str = "first",
+    embed_head: str = "mean",
     options: BackboneOptionsLike | None = None,
 ) -> StudentModel:
     """A student over ``backbone`` built as ``options`` say (weights file, init); ``pretrained=False``

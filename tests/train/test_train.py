@@ -228,3 +228,34 @@ def test_ema_teacher_head_follows_the_mean_of_the_h_layers():
     assert torch.allclose(teacher.head.weight, 0.9 * before + 0.1 * mean, atol=1e-6)
     first = next(student.backbone.parameters())
     assert torch.allclose(next(teacher.backbone.parameters()), first, atol=1e-6)  # same start: the EMA stays
+
+
+def test_embed_head_first_or_mean_of_the_normalised_heads():
+    import torch.nn.functional as F
+
+    student = build_student(DEFAULT_BACKBONE, 3, 8, 4, 32, pretrained=False).eval()
+    with torch.no_grad():
+        for hd in student.heads:
+            hd.l.weight.normal_()
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ls = [F.normalize(hd.l(student.backbone(x)), dim=1) for hd in student.heads]
+    student.embed_head = "first"
+    assert torch.allclose(student.embed(x), ls[0], atol=1e-6)
+    student.embed_head = "mean"
+    mean = (ls[0] + ls[1] + ls[2]) / 3
+    assert torch.allclose(student.embed(x), mean / mean.norm(dim=1, keepdim=True), atol=1e-6)
+    assert not torch.allclose(student.embed(x), ls[0], atol=1e-3)  # the heads differ: so do the choices
+
+
+def test_fingerprint_ignores_how_the_trained_model_embeds():
+    from stages.config import Params
+    from stages.train import fingerprint
+
+    ids, x = np.arange(4), torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+
+    def fp(**train):
+        return fingerprint(Params.model_validate({"train": train}), DEFAULT_BACKBONE, ids, x)
+
+    assert fp(embed_head="first") == fp(embed_head="mean")  # switching heads resumes the finished run
+    assert fp(lr=1e-3) != fp(lr=2e-3)
