@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="extra train.KEY=VALUE overrides (YAML values)")
-    ap.add_argument("--tag", default="", help="suffix of the method's keys and folder, e.g. _mean with --set embed_head=mean")
+    ap.add_argument("--tag", default="", help="suffix of the method's keys and folder, e.g. _first with --set embed_head=first")
     args = ap.parse_args()
     base = YAML(typ="safe", pure=True).load(Path(args.params))
     extra = {k: YAML(typ="safe", pure=True).load(v) for k, v in (s.split("=", 1) for s in args.set)}

@@ -38,6 +38,7 @@ def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFram
 
 
 TRAINING_CODE = ("train", "losses", "samplers", "backbones")
+TRAIN_PARAMS_AFTER_TRAINING = {"embed_head"}  # read when the model embeds, never by a training step
 
 
 def resolved_train_params(params: Params, backbone: str) -> TrainParams:
@@ -45,9 +46,6 @@ def resolved_train_params(params: Params, backbone: str) -> TrainParams:
     else ``train.lr``, else the backbone's default (1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B, ...)."""
     lr = learning_rate(backbone, params.backbone_options.get(backbone), fallback=params.train.lr)
     return params.train.model_copy(update={"lr": lr})
-
-
-TRAIN_PARAMS_AFTER_TRAINING = {"embed_head"}  # read when the model embeds, never by a training step
 
 
 def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, crops) -> str:
