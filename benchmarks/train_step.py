@@ -36,7 +36,7 @@ from stages.train.runtime import Runtime
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 CFG = TrainParams(method="ms_ugcml", lr=3e-4)
 REPEATS = 15
-ROUNDS = 3  # independent measurements of each step ratio; the JSON has their median, min and max
+ROUNDS = 3  # independent measurements of each ratio; the JSON has their median, min and max
 
 
 def interleaved(a, b, repeats: int = REPEATS, warmup: int = 1) -> tuple[float, float]:

@@ -159,7 +159,8 @@ class AdamP(Optimizer):
         scratch = self._scratch(weights) if weights else None
         for p in weights:  # one weight at a time, so that its tensors stay in cache through its passes
             test = scale_invariance(p, p.grad, delta, eps, scratch)
-            if _host_decides(p.device) and not bool(test[0] | test[1]):
+            projected = test[0] | test[1]
+            if _host_decides(p.device) and not bool(projected):
                 plain.append(p)
                 continue
             # the Adam step u = -lr * m_hat / (sqrt(v_hat) + eps) into a zeroed buffer, then
@@ -168,7 +169,7 @@ class AdamP(Optimizer):
             u.zero_()
             _adam_([u], [self.state[p]], group, step, weight_decay=0.0, grads=[p.grad], step_tensor=step_tensor)
             coef = radial_coefficients(p, u, test, eps, scratch)
-            decay = lr * wd * torch.where(test[0] | test[1], group["wd_ratio"], 1.0)
+            decay = lr * wd * torch.where(projected, group["wd_ratio"], 1.0)
             scale = (coef + decay - 1.0).view(-1, *[1] * (p.dim() - 1))
             torch.addcmul(u, p, scale, value=-1.0, out=p)  # u + p (1 - coef - decay), one pass
         _adam_(plain, [self.state[p] for p in plain], group, step, weight_decay=wd, step_tensor=step_tensor)
