@@ -129,7 +129,10 @@ def main() -> None:
         out[f"{name}_wrapper_ratio"] = round(ratio, 3)
         ratios[name] = ratio
         out[f"{name}_repeats"] = reps
-        print(f"{name:20s} {size}px  wrapper {w_ips:7.2f} img/s  bare {b_ips:7.2f} img/s  ratio {ratio:.3f}  ({reps} reps)", flush=True)
+        print(
+            f"{name:20s} {size}px  wrapper {w_ips:7.2f} img/s  bare {b_ips:7.2f} img/s  ratio {ratio:.3f}  ({reps} reps)",
+            flush=True,
+        )
         del wrapper, bare
     out["wrapper_ratio_min"] = round(min(ratios.values()), 3)
     out |= {"batch": args.batch, "threads": args.threads, "cpus": os.cpu_count()}

@@ -74,7 +74,9 @@ def build(work: Path, n_gallery: int, n_queries: int, d: int) -> None:
     queries["area"] = (queries["x2"] - queries["x1"]) * (queries["y2"] - queries["y1"])
     queries.to_parquet(work / "queries.parquet", index=False)
     np.save(work / "model" / "queries.npy", _vectors(rng, n_queries, d))
-    pd.DataFrame({"image_id": np.arange(n_images), "path": "", "width": 640, "height": 640}).to_parquet(work / "images.parquet")
+    pd.DataFrame({"image_id": np.arange(n_images), "path": "", "width": 640, "height": 640}).to_parquet(
+        work / "images.parquet"
+    )
 
 
 def _table(work: Path):
@@ -108,14 +110,36 @@ def evaluation(work: Path) -> dict:
     from stages.evaluate.protocol import evaluate_index
 
     t0, c0 = time.perf_counter(), time.process_time()
-    metrics = evaluate_index(work, _table(work), {"known_names": [f"c{i}" for i in range(40)]}, _params(),
-                             work / "metrics.json", embeddings=("model",))
-    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "O-R@1": metrics["model"]["all"]["O-R@1"]}
+    metrics = evaluate_index(
+        work,
+        _table(work),
+        {"known_names": [f"c{i}" for i in range(40)]},
+        _params(),
+        work / "metrics.json",
+        embeddings=("model",),
+    )
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "O-R@1": metrics["model"]["all"]["O-R@1"],
+    }
 
 
 def _child(phase: str, work: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--phase", phase, "--work", str(work), "--gallery", str(args.gallery),
-           "--queries", str(args.queries), "--dim", str(args.dim)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--work",
+        str(work),
+        "--gallery",
+        str(args.gallery),
+        "--queries",
+        str(args.queries),
+        "--dim",
+        str(args.dim),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         raise SystemExit(f"phase {phase} failed:\n{out.stderr[-3000:]}")
@@ -131,8 +155,11 @@ def main() -> None:
     ap.add_argument("--work", type=Path)
     args = ap.parse_args()
     if args.phase:  # a child process: one phase, its result and its own peak RSS as the last line
-        result = {"build": lambda: build(args.work, args.gallery, args.queries, args.dim) or {},
-                  "search": lambda: bare_search(args.work), "evaluate": lambda: evaluation(args.work)}[args.phase]()
+        result = {
+            "build": lambda: build(args.work, args.gallery, args.queries, args.dim) or {},
+            "search": lambda: bare_search(args.work),
+            "evaluate": lambda: evaluation(args.work),
+        }[args.phase]()
         result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # ru_maxrss is KiB on Linux
         print(json.dumps(result))
         return

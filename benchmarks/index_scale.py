@@ -105,7 +105,18 @@ def exact(n: int, n_queries: int, out: Path) -> dict:
 
 
 def _child(phase: str, args, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--phase", phase, "--out", str(out), "--gallery", str(args.gallery), "--queries", str(args.queries)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--out",
+        str(out),
+        "--gallery",
+        str(args.gallery),
+        "--queries",
+        str(args.queries),
+    ]
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     if res.returncode:
         raise SystemExit(f"phase {phase} failed")
@@ -127,7 +138,10 @@ def main() -> None:
         return
     out = Path(tempfile.mkdtemp(prefix="bench_index_scale_"))
     idx = _child("index", args, out)
-    print(f"IVF-PQ: built in {idx['build_s']:.0f} s, searched in {idx['search_s']:.0f} s, peak {idx['peak_gb']:.2f} GB", flush=True)
+    print(
+        f"IVF-PQ: built in {idx['build_s']:.0f} s, searched in {idx['search_s']:.0f} s, peak {idx['peak_gb']:.2f} GB",
+        flush=True,
+    )
     ex = _child("exact", args, out)
     print(f"exact search: {ex['exact_s']:.0f} s", flush=True)
     approx, truth = np.load(out / "ivfpq.npy"), np.load(out / "exact.npy")

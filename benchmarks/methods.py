@@ -46,8 +46,13 @@ def run_method(method: str, seed: int, base: dict, extra: dict, tag: str = "") -
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
     for stage in ("train", "index", "evaluate"):
-        subprocess.run([sys.executable, "-m", "stages", stage], cwd=folder, env=env, check=True,
-                       stderr=subprocess.DEVNULL if os.environ.get("QUIET") else None)
+        subprocess.run(
+            [sys.executable, "-m", "stages", stage],
+            cwd=folder,
+            env=env,
+            check=True,
+            stderr=subprocess.DEVNULL if os.environ.get("QUIET") else None,
+        )
     backbone, dataset = params["backbones"][0], params["train_on"]
     metrics = json.loads((folder / "metrics" / backbone / f"{dataset}.json").read_text())
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
@@ -60,7 +65,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--set", nargs="*", default=[], help="extra train.KEY=VALUE overrides (YAML values)")
-    ap.add_argument("--tag", default="", help="suffix of the method's keys and folder, e.g. _first with --set embed_head=first")
+    ap.add_argument(
+        "--tag", default="", help="suffix of the method's keys and folder, e.g. _first with --set embed_head=first"
+    )
     args = ap.parse_args()
     base = YAML(typ="safe", pure=True).load(Path(args.params))
     extra = {k: YAML(typ="safe", pure=True).load(v) for k, v in (s.split("=", 1) for s in args.set)}

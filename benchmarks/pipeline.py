@@ -35,8 +35,11 @@ def main() -> None:
     timings: dict[str, float] = {}
     for stage in STAGES:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stages", stage, "--params", args.params], check=True,
-                       stderr=subprocess.DEVNULL if os.environ.get("QUIET") else None)
+        subprocess.run(
+            [sys.executable, "-m", "stages", stage, "--params", args.params],
+            check=True,
+            stderr=subprocess.DEVNULL if os.environ.get("QUIET") else None,
+        )
         timings[f"{stage}_s"] = round(time.perf_counter() - t0, 2)
     total = round(sum(timings.values()), 2)
     print(f"\n{'stage':10s} {'seconds':>9s} {'share':>7s}")

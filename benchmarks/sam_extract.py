@@ -35,7 +35,16 @@ from stages.extract.sam import SamExtractor  # noqa: E402
 from tests.extract.tiny_sam import TINY_BUILDERS, TINY_PARAMS, save_tiny_checkpoint  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "sam_extract.json"
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble_deep_field", "immunohistochemistry", "retina")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "motorcycle",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+)
 SIDE = 320
 REPEATS = 5
 POINTS_PER_SIDE = 16

@@ -113,6 +113,7 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         startup = time.perf_counter() - t0
         try:
+
             def on_ray(workers):
                 return lambda factory: functools.partial(ray_results, factory=factory, cfg=CFG, workers=workers)
 
@@ -121,8 +122,17 @@ def main() -> None:
             for r in range(ROUNDS):
                 for workers in (1, 2) if r % 2 == 0 else (2, 1):
                     runs[workers].append(throughput(on_ray(workers), images, work / f"r{workers}"))
-            local_tp = float(np.median([local_tp] + [throughput(lambda f: functools.partial(
-                local_results, extractor=f(), cfg=CFG), images, work / "local")[0] for _ in range(ROUNDS - 1)]))
+            local_tp = float(
+                np.median(
+                    [local_tp]
+                    + [
+                        throughput(
+                            lambda f: functools.partial(local_results, extractor=f(), cfg=CFG), images, work / "local"
+                        )[0]
+                        for _ in range(ROUNDS - 1)
+                    ]
+                )
+            )
             ray1 = float(np.median([tp for tp, _ in runs[1]]))
             ray2 = float(np.median([tp for tp, _ in runs[2]]))
             actor_start = float(np.median([s for _, s in runs[1] + runs[2]]))

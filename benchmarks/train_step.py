@@ -27,7 +27,7 @@ from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
 from stages.index.embed import embed_tensor
 from stages.samplers import KnnBatchSampler
-from stages.train.loop import N_VIEWS, Engine, BatchLoader, cosine_lr, kmeans_centroids, refresh_embeddings
+from stages.train.loop import N_VIEWS, BatchLoader, Engine, cosine_lr, kmeans_centroids, refresh_embeddings
 from stages.train.methods import build_method
 from stages.train.model import TeacherModel, build_student
 from stages.train.optim import AdamP
@@ -57,13 +57,29 @@ def step_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> floa
     gen = torch.Generator().manual_seed(0)
     rt = Runtime(torch.device("cpu"))
     group_of = np.arange(len(crops)) % groups
-    student = build_student(DEFAULT_BACKBONE, groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size).train_mode(cfg.freeze_bn)
+    student = build_student(DEFAULT_BACKBONE, groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size).train_mode(
+        cfg.freeze_bn
+    )
     teacher = TeacherModel(student).eval()
     opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     method = build_method(cfg, group_of, groups, 0)
-    engine = Engine(rt, method, student, student.backbone, teacher, teacher, BatchLoader(crops, rt.device), opt, sched, None, cfg.ema)
-    method.before_step(0, lambda: refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt), rt)  # the graph (not timed)
+    engine = Engine(
+        rt,
+        method,
+        student,
+        student.backbone,
+        teacher,
+        teacher,
+        BatchLoader(crops, rt.device),
+        opt,
+        sched,
+        None,
+        cfg.ema,
+    )
+    method.before_step(
+        0, lambda: refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt), rt
+    )  # the graph (not timed)
     n = cfg.queries * cfg.neighbours
     views = method.inputs(crops[:n].float() / 255, gen, (0, n))
 
@@ -129,7 +145,9 @@ def main() -> None:
     rounds("refresh_ratio", lambda: refresh_ratio(crops), result)
     result["adamp_speedup_g8"] = round(optimizer_speedup(8), 3)
     result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # other processes on the machine
-    result.update(batch_crops=CFG.queries * CFG.neighbours, views=N_VIEWS, input_size=CFG.input_size, refresh_crops=len(crops))
+    result.update(
+        batch_crops=CFG.queries * CFG.neighbours, views=N_VIEWS, input_size=CFG.input_size, refresh_crops=len(crops)
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -31,10 +31,16 @@ app = typer.Typer(
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="Parameter file (YAML) to read.")
 DatasetOption = typer.Option(
-    None, "--dataset", "-d", help="Dataset name, one of params `datasets` (default: `train_on`). dvc.yaml passes it per matrix entry."
+    None,
+    "--dataset",
+    "-d",
+    help="Dataset name, one of params `datasets` (default: `train_on`). dvc.yaml passes it per matrix entry.",
 )
 BackboneOption = typer.Option(
-    None, "--backbone", "-B", help="Backbone name, one of params `backbones` (default: the first). dvc.yaml passes it per matrix entry."
+    None,
+    "--backbone",
+    "-B",
+    help="Backbone name, one of params `backbones` (default: the first). dvc.yaml passes it per matrix entry.",
 )
 
 
@@ -164,11 +170,18 @@ def evaluate(backbone: str = BackboneOption, dataset: str = DatasetOption, param
 def search_cmd(
     image: Path = typer.Argument(..., help="Image file to take the query from."),
     box: tuple[float, float, float, float] = typer.Option(
-        (-1.0, -1.0, -1.0, -1.0), "--box", "-b", help="Query box x1 y1 x2 y2 in pixels (default: the whole image, e.g. a crop file)."
+        (-1.0, -1.0, -1.0, -1.0),
+        "--box",
+        "-b",
+        help="Query box x1 y1 x2 y2 in pixels (default: the whole image, e.g. a crop file).",
     ),
     k: int = typer.Option(5, "--k", "-k", min=1, help="Number of objects to return."),
-    embedding: str = typer.Option("model", "--embedding", "-e", help="'model' (trained) or 'pretrained' (untrained backbone)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Also write a PNG sheet: the query, then each hit's image with its box."),
+    embedding: str = typer.Option(
+        "model", "--embedding", "-e", help="'model' (trained) or 'pretrained' (untrained backbone)."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Also write a PNG sheet: the query, then each hit's image with its box."
+    ),
     backbone: str = BackboneOption,
     dataset: str = DatasetOption,
     params: Path = ParamsOption,

@@ -52,24 +52,45 @@ class SyntheticParams(_Strict):
 class CocoVocParams(_Strict):
     """The paper's benchmark: COCO 2017 + VOC 2007 (datasets are read in place, never copied)."""
 
-    coco_root: str | None = Field(None, description="folder with annotations/instances_{train,val}2017.json and {train,val}2017/ images")
-    voc_root: str | None = Field(None, description="the VOCdevkit/VOC2007 folder (Annotations/, ImageSets/Main/, JPEGImages/)")
-    coco_train: str = Field("train2017", description="COCO set of the training split (annotations/instances_<set>.json, <set>/)")
+    coco_root: str | None = Field(
+        None, description="folder with annotations/instances_{train,val}2017.json and {train,val}2017/ images"
+    )
+    voc_root: str | None = Field(
+        None, description="the VOCdevkit/VOC2007 folder (Annotations/, ImageSets/Main/, JPEGImages/)"
+    )
+    coco_train: str = Field(
+        "train2017", description="COCO set of the training split (annotations/instances_<set>.json, <set>/)"
+    )
     coco_test: str = Field("val2017", description="COCO set of the test split")
-    voc_train: tuple[str, ...] = Field(("trainval",), description="VOC image sets of the training split (ImageSets/Main/<set>.txt)")
+    voc_train: tuple[str, ...] = Field(
+        ("trainval",), description="VOC image sets of the training split (ImageSets/Main/<set>.txt)"
+    )
     voc_test: tuple[str, ...] = Field(("test",), description="VOC image sets of the test split")
-    val_images: int = Field(2000, ge=0, description="seeded validation subset drawn from (and removed from) the training images")
-    include_difficult: bool = Field(True, description="VOC 'difficult' objects are queries (paper count); false: label-only boxes")
-    crowd_queries: bool = Field(True, description="COCO crowd regions are queries (paper count); false: label-only boxes")
-    drop_unannotated_test: bool = Field(True, description="drop test images without any annotation (paper: 9,904 test images)")
+    val_images: int = Field(
+        2000, ge=0, description="seeded validation subset drawn from (and removed from) the training images"
+    )
+    include_difficult: bool = Field(
+        True, description="VOC 'difficult' objects are queries (paper count); false: label-only boxes"
+    )
+    crowd_queries: bool = Field(
+        True, description="COCO crowd regions are queries (paper count); false: label-only boxes"
+    )
+    drop_unannotated_test: bool = Field(
+        True, description="drop test images without any annotation (paper: 9,904 test images)"
+    )
 
 
 class LvisParams(_Strict):
     """LVIS v1 val (evaluation only): 1,203 classes on COCO images."""
 
     annotations: str | None = Field(None, description="path of lvis_v1_val.json")
-    image_dirs: tuple[str, ...] = Field((), description="COCO image folders searched by file name (e.g. coco/val2017, coco/train2017)")
-    coco_folders: tuple[str, ...] = Field(("val2017",), description="keep images whose coco_url folder is listed (train2017 ones overlap COCO+VOC training); empty: all")
+    image_dirs: tuple[str, ...] = Field(
+        (), description="COCO image folders searched by file name (e.g. coco/val2017, coco/train2017)"
+    )
+    coco_folders: tuple[str, ...] = Field(
+        ("val2017",),
+        description="keep images whose coco_url folder is listed (train2017 ones overlap COCO+VOC training); empty: all",
+    )
     drop_unannotated: bool = Field(True, description="drop images without any LVIS box")
 
 
@@ -77,7 +98,9 @@ class VisualGenomeParams(_Strict):
     """Visual Genome (evaluation only): every object labels the gallery, a seeded sample are queries."""
 
     root: str | None = Field(None, description="folder with objects.json, image_data.json and the image folders")
-    image_dirs: tuple[str, ...] = Field(("VG_100K", "VG_100K_2"), description="image folders (relative to root or absolute)")
+    image_dirs: tuple[str, ...] = Field(
+        ("VG_100K", "VG_100K_2"), description="image folders (relative to root or absolute)"
+    )
     max_images: int | None = Field(None, ge=1, description="seeded subset of images (null: all 108k)")
     min_side: int = Field(32, ge=1, description="a query box has both sides >= this (pixels)")
     min_images: int = Field(2, ge=1, description="a query's class occurs in at least this many images")
@@ -88,9 +111,14 @@ class VisualGenomeParams(_Strict):
 class BelgaLogosParams(_Strict):
     """BelgaLogos (evaluation only): 10k press photos, 55 query logos, boxed logo instances."""
 
-    root: str | None = Field(None, description="folder with images/, qset3_internal_and_local.gt and qset1_internal.qry")
+    root: str | None = Field(
+        None, description="folder with images/, qset3_internal_and_local.gt and qset1_internal.qry"
+    )
     queries: str = Field("qset1_internal.qry", description="query list (name image x1 y1 x2 y2), relative to root")
-    ground_truth: str = Field("qset3_internal_and_local.gt", description="logo instances (id logo image type state x1 y1 x2 y2), relative to root")
+    ground_truth: str = Field(
+        "qset3_internal_and_local.gt",
+        description="logo instances (id logo image type state x1 y1 x2 y2), relative to root",
+    )
     include_junk: bool = Field(True, description="keep partly visible instances (state 0) as ground truth")
 
 
@@ -123,17 +151,25 @@ class GraphExtractorParams(_Strict):
 class SamParams(_Strict):
     """segment-anything's automatic mask generator; defaults are the paper's (ViT-H, 32x32 points)."""
 
-    model_type: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_h", description="SAM image encoder (the checkpoint must match)")
-    checkpoint: str | None = Field(None, description="path of the SAM checkpoint file (.pth); required with extractor: sam")
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = Field(
+        "vit_h", description="SAM image encoder (the checkpoint must match)"
+    )
+    checkpoint: str | None = Field(
+        None, description="path of the SAM checkpoint file (.pth); required with extractor: sam"
+    )
     points_per_side: int = Field(32, ge=1, description="prompt points per image side (points_per_side^2 prompts)")
     points_per_batch: int = Field(64, ge=1, description="prompt points run through the mask decoder at once")
     pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="drop masks whose predicted IoU is lower")
     stability_score_thresh: float = Field(0.95, ge=0, le=1, description="drop masks whose stability score is lower")
     box_nms_thresh: float = Field(0.7, gt=0, le=1, description="box IoU of the NMS between duplicate masks")
     crop_n_layers: int = Field(0, ge=0, description="extra layers of image crops (0: the whole image only)")
-    min_mask_region_area: int = Field(0, ge=0, description="remove holes and islands smaller than this (pixels; 0: off)")
+    min_mask_region_area: int = Field(
+        0, ge=0, description="remove holes and islands smaller than this (pixels; 0: off)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="image encoder autocast dtype on CUDA (CPU runs fp32)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="image encoder autocast dtype on CUDA (CPU runs fp32)"
+    )
     keep_masks: bool = Field(False, description="store each mask as COCO RLE (column mask_rle)")
 
 
@@ -141,12 +177,18 @@ class ExtractParams(_Strict):
     extractor: Literal["graph", "sam"] = Field("graph", description="object proposal extractor")
     crop_size: int = Field(64, ge=8, description="stored crops are resized to this longest side")
     crop_format: Literal["png", "jpeg"] = Field("png", description="encoding of stored crops")
-    shard_rows: int = Field(50_000, ge=1, description="objects per Parquet shard (whole images: a shard may hold a few more)")
+    shard_rows: int = Field(
+        50_000, ge=1, description="objects per Parquet shard (whole images: a shard may hold a few more)"
+    )
     graph: GraphExtractorParams = GraphExtractorParams()
     sam: SamParams = SamParams()
-    engine: Literal["local", "ray"] = Field("local", description="local: this process; ray: a Ray Data pipeline (decode tasks, extractor actors)")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: this process; ray: a Ray Data pipeline (decode tasks, extractor actors)"
+    )
     ray_address: str | None = Field(None, description="Ray cluster to join (null: $RAY_ADDRESS, else a local cluster)")
-    ray_workers: int | None = Field(None, ge=1, description="extractor actors (null: one per GPU of the cluster, else one per CPU)")
+    ray_workers: int | None = Field(
+        None, ge=1, description="extractor actors (null: one per GPU of the cluster, else one per CPU)"
+    )
 
 
 class TrainParams(_Strict):
@@ -159,7 +201,9 @@ class TrainParams(_Strict):
     neighbours: int = Field(5, ge=1, description="k of the k-NN batch sampler, query included")
     knn_refresh: int = Field(50, ge=1, description="rebuild the neighbour graph every N steps")
     lr: float | None = Field(
-        None, gt=0, description="peak lr of every backbone without backbone_options.<name>.lr; null: each backbone's default (3e-4 efficientnet_lite0, paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)"
+        None,
+        gt=0,
+        description="peak lr of every backbone without backbone_options.<name>.lr; null: each backbone's default (3e-4 efficientnet_lite0, paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)",
     )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamP weight decay")
@@ -169,9 +213,13 @@ class TrainParams(_Strict):
     context_k: int = Field(5, ge=1, description="k of STML's contextual similarity")
     clusters: int = Field(100, ge=2, description="k-means centroids of collaborative distillation (eq. 1-2)")
     ckd_tau: float = Field(0.1, gt=0, description="temperature of the centroid similarity softmax (CKD)")
-    mix_share: float = Field(0.1, ge=0, le=1, description="share of each smaller group's crops mixed into a group's set")
+    mix_share: float = Field(
+        0.1, ge=0, le=1, description="share of each smaller group's crops mixed into a group's set"
+    )
     ntxent_tau: float = Field(0.1, gt=0, description="temperature of the NT-Xent baseline")
-    embed_head: Literal["first", "mean"] = Field("mean", description="retrieval embedding: mean of the l heads, or first head's l (authors' code); no retraining")
+    embed_head: Literal["first", "mean"] = Field(
+        "mean", description="retrieval embedding: mean of the l heads, or first head's l (authors' code); no retraining"
+    )
     embed_dim: int = Field(512, ge=8, description="dimension of the retrieval embedding l")
     teacher_dim: int = Field(1024, ge=8, description="dimension of h and of the teacher head")
     freeze_bn: bool = Field(True, description="keep backbone BatchNorm statistics fixed (k-NN batches are not i.i.d.)")
@@ -179,14 +227,19 @@ class TrainParams(_Strict):
     batch_embed: int = Field(128, ge=1, description="batch size when embedding all crops")
     checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
     ntxent_variant: Literal["views", "anchor"] = Field(
-        "views", description="ntxent: two-view NT-Xent, or anchor-based (views classified against the un-augmented crops)"
+        "views",
+        description="ntxent: two-view NT-Xent, or anchor-based (views classified against the un-augmented crops)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device (auto: cuda when available)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast dtype on CUDA (auto: bf16 on CUDA); the CPU always trains in fp32"
     )
-    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the backbone: true, false or auto (on CUDA only)")
-    nproc: int = Field(1, ge=1, description="processes (GPUs) of torchrun DDP training; the global batch is split across them")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the backbone: true, false or auto (on CUDA only)"
+    )
+    nproc: int = Field(
+        1, ge=1, description="processes (GPUs) of torchrun DDP training; the global batch is split across them"
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> "TrainParams":
@@ -199,11 +252,17 @@ class TrainParams(_Strict):
 class IvfPqParams(_Strict):
     """IVF-PQ: inverted lists over a coarse k-means, product-quantised residuals (compressed)."""
 
-    nlist: int = Field(0, ge=0, description="inverted lists; 0 = auto: 4*sqrt(N) rounded to a power of two, in [16, 65536]")
-    m: int = Field(64, ge=1, description="PQ sub-quantizers (bytes per vector at nbits 8); lowered to a divisor of the dimension")
+    nlist: int = Field(
+        0, ge=0, description="inverted lists; 0 = auto: 4*sqrt(N) rounded to a power of two, in [16, 65536]"
+    )
+    m: int = Field(
+        64, ge=1, description="PQ sub-quantizers (bytes per vector at nbits 8); lowered to a divisor of the dimension"
+    )
     nbits: int = Field(8, ge=4, le=12, description="bits per PQ code")
     nprobe: int = Field(32, ge=1, description="inverted lists visited per query at search time")
-    train_size: int = Field(0, ge=0, description="training sample (rows drawn across the shards); 0 = auto: min(N, max(64*nlist, 65536))")
+    train_size: int = Field(
+        0, ge=0, description="training sample (rows drawn across the shards); 0 = auto: min(N, max(64*nlist, 65536))"
+    )
 
 
 class HnswParams(_Strict):
@@ -216,11 +275,16 @@ class HnswParams(_Strict):
 
 class IndexParams(_Strict):
     type: Literal["auto", "flat", "ivfpq", "hnsw"] = Field(
-        "auto", description="FAISS index: flat (exact), ivfpq (compressed), hnsw (graph); auto = flat up to flat_max objects, ivfpq above"
+        "auto",
+        description="FAISS index: flat (exact), ivfpq (compressed), hnsw (graph); auto = flat up to flat_max objects, ivfpq above",
     )
-    flat_max: int = Field(1_000_000, ge=1, description="largest gallery that auto indexes exactly (Flat: 4*d bytes per object)")
+    flat_max: int = Field(
+        1_000_000, ge=1, description="largest gallery that auto indexes exactly (Flat: 4*d bytes per object)"
+    )
     batch_size: int = Field(256, ge=1, description="crops per embedding batch")
-    chunk_rows: int = Field(50_000, ge=1, description="gallery crops decoded and embedded per chunk = rows per embedding shard")
+    chunk_rows: int = Field(
+        50_000, ge=1, description="gallery crops decoded and embedded per chunk = rows per embedding shard"
+    )
     gpu: bool = Field(True, description="use FAISS GPU (all GPUs, sharded) when the GPU build sees a GPU")
     ivfpq: IvfPqParams = IvfPqParams()
     hnsw: HnswParams = HnswParams()
@@ -231,7 +295,9 @@ class EvaluateParams(_Strict):
     topk: int = Field(100, ge=1, description="length of the returned list per query")
     exclude_same_image: bool = Field(True, description="drop gallery objects of the query's own image (paper: false)")
     query_chunk: int = Field(4096, ge=1, description="queries searched and scored per chunk (bounds memory)")
-    examples: int = Field(6, ge=0, le=20, description="queries on the retrieval-examples sheet (seeded, spread over size buckets)")
+    examples: int = Field(
+        6, ge=0, le=20, description="queries on the retrieval-examples sheet (seeded, spread over size buckets)"
+    )
 
 
 class BackboneOptions(_Strict):
@@ -239,9 +305,14 @@ class BackboneOptions(_Strict):
 
     weights: str | None = Field(None, description="checkpoint file of the init (path; nothing is downloaded)")
     init: Literal["mocov3", "clip", "imagenet", "none", None] = Field(
-        None, description="initialisation (vit_b16: mocov3|clip|imagenet|none; others: imagenet|none); null: the backbone's default"
+        None,
+        description="initialisation (vit_b16: mocov3|clip|imagenet|none; others: imagenet|none); null: the backbone's default",
     )
-    lr: float | None = Field(None, gt=0, description="peak learning rate; null: the backbone's default (paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="peak learning rate; null: the backbone's default (paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)",
+    )
 
 
 class Params(_Strict):
@@ -287,7 +358,9 @@ class Params(_Strict):
         if self.train_on not in self.datasets:
             raise ValueError(f"train_on: {self.train_on!r} is not one of datasets {list(self.datasets)}")
         if self.train_on not in TRAINABLE_SOURCES:
-            raise ValueError(f"train_on: {self.train_on!r} is evaluation-only (no train split); use one of {list(TRAINABLE_SOURCES)}")
+            raise ValueError(
+                f"train_on: {self.train_on!r} is evaluation-only (no train split); use one of {list(TRAINABLE_SOURCES)}"
+            )
         return self
 
     def dataset(self, name: str | None) -> str:
@@ -331,7 +404,9 @@ def describe_params(model: type[BaseModel], prefix: str = "") -> list[str]:
             continue
         value = get_args(ann)[-1] if get_origin(ann) is dict else None
         if isinstance(value, type) and issubclass(value, BaseModel):  # a map of name -> options
-            lines.append(f"{key + '.<name>':34s} {'mapping':24s} default {field.default!r:18s} {field.description or ''}")
+            lines.append(
+                f"{key + '.<name>':34s} {'mapping':24s} default {field.default!r:18s} {field.description or ''}"
+            )
             lines.extend(describe_params(value, key + ".<name>."))
             continue
         if get_origin(ann) is Literal:

@@ -15,12 +15,11 @@ whose message names both the file and the backbone.
 
 from __future__ import annotations
 
+import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import warnings
-import zipfile
 
 import torch
 from torch import nn
@@ -90,9 +89,7 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
     try:
         obj = _load_file(path)
     except Exception as exc:  # pickle / zip / safetensors / TorchScript errors of many kinds
-        raise ValueError(
-            f"cannot read weights file {path} for backbone {model_name!r}: {exc}"
-        ) from exc
+        raise ValueError(f"cannot read weights file {path} for backbone {model_name!r}: {exc}") from exc
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -100,8 +97,7 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
         raise ValueError(
-            f"weights file {path} for backbone {model_name!r} holds no state dict "
-            f"(got {type(obj).__name__})"
+            f"weights file {path} for backbone {model_name!r} holds no state dict (got {type(obj).__name__})"
         )
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -115,7 +111,7 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
         changed = False
         for prefix in _WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 changed = True
     return sd
 
@@ -189,7 +185,5 @@ def load_checked(
             parts.append(f"unexpected keys [{_examples(unexpected)}]")
         if shapes:
             parts.append(f"shape mismatches [{_examples(shapes)}]")
-        raise ValueError(
-            f"weights file {path} does not match backbone {model_name!r}: " + "; ".join(parts)
-        )
+        raise ValueError(f"weights file {path} does not match backbone {model_name!r}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)

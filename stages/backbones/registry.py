@@ -105,8 +105,7 @@ def _weights_file(
     """The file to load (None: random init); refuses to 'download' and contradictory arguments."""
     if init == "none" and weights is not None:
         raise ValueError(
-            f"backbone {name!r}: weights={str(weights)!r} given with init 'none' (random init); "
-            "drop one of them"
+            f"backbone {name!r}: weights={str(weights)!r} given with init 'none' (random init); drop one of them"
         )
     if not pretrained or init == "none":
         if weights is not None:
@@ -142,7 +141,13 @@ def _timm_feature_dim(model: nn.Module) -> int:
 
 
 def _timm_backbone(
-    name: str, arch: str, pretrained: bool, weights: WeightsArg, *, init: str = "imagenet", with_classifier: bool = False
+    name: str,
+    arch: str,
+    pretrained: bool,
+    weights: WeightsArg,
+    *,
+    init: str = "imagenet",
+    with_classifier: bool = False,
 ) -> Backbone:
     if not timm.is_model(arch):
         raise ValueError(f"backbone {name!r}: {arch!r} is not a timm model name")
@@ -285,7 +290,7 @@ TIMM_LR = 1e-4
 def lookup(name: str) -> BackboneEntry:
     """The entry of a registered name or of ``timm:<model>``; else ``ValueError`` listing the names."""
     if name.startswith(TIMM_PREFIX):
-        arch = name[len(TIMM_PREFIX):]
+        arch = name[len(TIMM_PREFIX) :]
         if not arch:
             raise ValueError(f"backbone {name!r}: give a timm model name after {TIMM_PREFIX!r}")
         if not timm.is_model(arch):

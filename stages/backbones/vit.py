@@ -59,7 +59,7 @@ def mocov3_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """The base encoder of a MoCo-v3 pretraining state dict (``module.`` already stripped), in
     timm's layout; a linear-probe (or already extracted) state dict is returned as it is."""
     if any(k.startswith(MOCO_ENCODER) for k in sd):
-        return {k[len(MOCO_ENCODER):]: v for k, v in sd.items() if k.startswith(MOCO_ENCODER)}
+        return {k[len(MOCO_ENCODER) :]: v for k, v in sd.items() if k.startswith(MOCO_ENCODER)}
     return dict(sd)
 
 

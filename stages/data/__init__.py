@@ -82,5 +82,10 @@ def run(params: Params, dataset: str | None = None) -> None:
         queries = sum(1 for a in coco["annotations"] if a.get("query", True))
         log.info(
             "data: %s/%s: %d images, %d boxes (%d queries), %d classes",
-            name, split, len(coco["images"]), len(coco["annotations"]), queries, len(coco["categories"]),
+            name,
+            split,
+            len(coco["images"]),
+            len(coco["annotations"]),
+            queries,
+            len(coco["categories"]),
         )

@@ -80,7 +80,9 @@ def query_logos(names: pd.Series, logos: list[str], source: str) -> pd.Series:
 
 def build(cfg: BelgaLogosParams, seed: int = 0) -> dict[str, dict]:
     """``{"test": coco dict}`` of BelgaLogos (deterministic: ``seed`` is unused)."""
-    root = require_path(cfg.root, "data.belgalogos.root", "the BelgaLogos folder (images/, qset3_internal_and_local.gt)")
+    root = require_path(
+        cfg.root, "data.belgalogos.root", "the BelgaLogos folder (images/, qset3_internal_and_local.gt)"
+    )
     gt = read_ground_truth(root / cfg.ground_truth)
     qry = read_queries(root / cfg.queries)
     files = list_images(root / "images", "the 10,000 BelgaLogos images under root/images/")
@@ -90,7 +92,9 @@ def build(cfg: BelgaLogosParams, seed: int = 0) -> dict[str, dict]:
     for what, table, src in (("ground truth", gt, cfg.ground_truth), ("queries", qry, cfg.queries)):
         missing = sorted(set(table["image"]) - set(names))
         if missing:
-            raise DatasetError(f"{root / src}: {len(missing)} {what} images not in {root / 'images'} (e.g. {missing[:3]})")
+            raise DatasetError(
+                f"{root / src}: {len(missing)} {what} images not in {root / 'images'} (e.g. {missing[:3]})"
+            )
     sizes = image_sizes([files[n] for n in names])
     stems = [Path(n).stem for n in names]
     if all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
@@ -108,7 +112,11 @@ def build(cfg: BelgaLogosParams, seed: int = 0) -> dict[str, dict]:
     )
     unreadable = images["width"] == 0
     if unreadable.any():
-        log.warning("belgalogos: %d unreadable images skipped (%s ...)", int(unreadable.sum()), ", ".join(np.array(names)[unreadable][:5]))
+        log.warning(
+            "belgalogos: %d unreadable images skipped (%s ...)",
+            int(unreadable.sum()),
+            ", ".join(np.array(names)[unreadable][:5]),
+        )
         images = images[~unreadable]
     image_id = pd.Series(ids, index=names)
     logos = sorted(gt["logo"].unique())
@@ -124,14 +132,22 @@ def build(cfg: BelgaLogosParams, seed: int = 0) -> dict[str, dict]:
         ignore_index=True,
     )
     boxes = boxes_frame(
-        both["image"].map(image_id), both["cat"], both["x1"], both["y1"],
-        both["x2"] - both["x1"], both["y2"] - both["y1"], both["query"].to_numpy(bool),
+        both["image"].map(image_id),
+        both["cat"],
+        both["x1"],
+        both["y1"],
+        both["x2"] - both["x1"],
+        both["y2"] - both["y1"],
+        both["query"].to_numpy(bool),
     )
     boxes = clean_boxes(boxes, images, "belgalogos")
     categories = [{"id": int(i), "name": str(n)} for n, i in logo_id.items()]
     coco = to_coco(images[IMAGE_COLUMNS], boxes, categories)
     log.info(
         "belgalogos test: %d images, %d queries, %d ground-truth instances, %d logos",
-        len(coco["images"]), int(boxes["query"].sum()), int((~boxes["query"]).sum()), len(categories),
+        len(coco["images"]),
+        int(boxes["query"].sum()),
+        int((~boxes["query"]).sum()),
+        len(categories),
     )
     return {"test": coco}

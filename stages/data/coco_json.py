@@ -35,9 +35,17 @@ def to_coco(images: pd.DataFrame, boxes: pd.DataFrame, categories: list[dict]) -
     ]
     xywh = np.round(boxes[["x", "y", "w", "h"]].to_numpy(np.float64), 2).tolist()
     anns = []
-    for k, (img, cat, bb, q) in enumerate(zip(boxes["image_id"].tolist(), boxes["category_id"].tolist(), xywh, boxes["query"].tolist())):
-        a = {"id": k + 1, "image_id": img, "category_id": cat, "bbox": bb,
-             "area": round(bb[2] * bb[3], 2), "iscrowd": 0}
+    for k, (img, cat, bb, q) in enumerate(
+        zip(boxes["image_id"].tolist(), boxes["category_id"].tolist(), xywh, boxes["query"].tolist())
+    ):
+        a = {
+            "id": k + 1,
+            "image_id": img,
+            "category_id": cat,
+            "bbox": bb,
+            "area": round(bb[2] * bb[3], 2),
+            "iscrowd": 0,
+        }
         if not q:
             a["query"] = False
         anns.append(a)
@@ -81,7 +89,9 @@ def read_coco_instances(
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{ann_file} is not valid JSON ({exc}): expected {expected}") from None
     except (AssertionError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{ann_file}: malformed COCO file ({type(exc).__name__}: {exc}): expected {expected}") from None
+        raise DatasetError(
+            f"{ann_file}: malformed COCO file ({type(exc).__name__}: {exc}): expected {expected}"
+        ) from None
     data = coco.dataset
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
@@ -99,12 +109,19 @@ def read_coco_instances(
         xywh = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         crowd = np.asarray([a.get("iscrowd", 0) for a in anns], bool)
         boxes = boxes_frame(
-            [a["image_id"] for a in anns], [a["category_id"] for a in anns],
-            xywh[:, 0], xywh[:, 1], xywh[:, 2], xywh[:, 3], crowd_queries | ~crowd,
+            [a["image_id"] for a in anns],
+            [a["category_id"] for a in anns],
+            xywh[:, 0],
+            xywh[:, 1],
+            xywh[:, 2],
+            xywh[:, 3],
+            crowd_queries | ~crowd,
         )
         categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in data["categories"]]
     except (KeyError, TypeError, ValueError) as exc:
-        raise DatasetError(f"{ann_file}: malformed COCO entry ({type(exc).__name__}: {exc}): expected {expected}") from None
+        raise DatasetError(
+            f"{ann_file}: malformed COCO entry ({type(exc).__name__}: {exc}): expected {expected}"
+        ) from None
     counts = boxes["image_id"].value_counts()
     images["n_source_boxes"] = images["image_id"].map(counts).fillna(0).astype(np.int64)
     images["file_name"] = names.to_numpy()

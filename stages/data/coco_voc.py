@@ -89,8 +89,12 @@ def _voc_sets(
     table = resolve_images(table, basenames, index, f"{root} ({'+'.join(sets)})")
     obj_ids = objects["name"].map(voc_image_id).to_numpy(np.int64)
     boxes = boxes_frame(
-        obj_ids, voc_category_ids(objects["cls"], categories, str(root / "Annotations")),
-        objects["x"], objects["y"], objects["w"], objects["h"],
+        obj_ids,
+        voc_category_ids(objects["cls"], categories, str(root / "Annotations")),
+        objects["x"],
+        objects["y"],
+        objects["w"],
+        objects["h"],
         include_difficult | ~objects["difficult"].to_numpy(bool),
     )
     return table[IMAGE_COLUMNS], boxes
@@ -103,7 +107,9 @@ def _check_categories(a: list[dict], b: list[dict], where: str) -> None:
 
 def build(cfg: CocoVocParams, seed: int, progress: bool = True) -> dict[str, dict]:
     """``{"train", "val", "test"}`` COCO dicts of the COCO+VOC benchmark (see module docstring)."""
-    coco_root = require_path(cfg.coco_root, "data.coco_voc.coco_root", "the COCO 2017 folder (annotations/, train2017/, val2017/)")
+    coco_root = require_path(
+        cfg.coco_root, "data.coco_voc.coco_root", "the COCO 2017 folder (annotations/, train2017/, val2017/)"
+    )
     voc_root = require_path(cfg.voc_root, "data.coco_voc.voc_root", "the VOCdevkit/VOC2007 folder")
     overlap = set(cfg.voc_train) & set(cfg.voc_test)
     if overlap:

@@ -67,9 +67,7 @@ def index_folders(folders: list[Path], what: str) -> dict[str, str]:
     return found
 
 
-def resolve_images(
-    images: pd.DataFrame, names: pd.Series, index: dict[str, str], source: str
-) -> pd.DataFrame:
+def resolve_images(images: pd.DataFrame, names: pd.Series, index: dict[str, str], source: str) -> pd.DataFrame:
     """Set ``file_name`` from ``index[names]``; drop (with a warning) images whose file is absent."""
     paths = names.map(index)
     missing = paths.isna().to_numpy()
@@ -100,9 +98,7 @@ def image_sizes(paths: list[str]) -> np.ndarray:
     return sizes
 
 
-def boxes_frame(
-    image_id, category_id, x, y, w, h, query
-) -> pd.DataFrame:
+def boxes_frame(image_id, category_id, x, y, w, h, query) -> pd.DataFrame:
     """The common box table (COCO xywh in pixels, ``query`` False for label-only boxes)."""
     return pd.DataFrame(
         {

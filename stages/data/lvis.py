@@ -18,7 +18,15 @@ import pandas as pd
 
 from stages.config import LvisParams
 from stages.data.coco_json import to_coco
-from stages.data.files import IMAGE_COLUMNS, boxes_frame, clean_boxes, index_folders, load_json, require_path, resolve_images
+from stages.data.files import (
+    IMAGE_COLUMNS,
+    boxes_frame,
+    clean_boxes,
+    index_folders,
+    load_json,
+    require_path,
+    resolve_images,
+)
 from stages.data.table import DatasetError
 
 log = logging.getLogger(__name__)
@@ -32,7 +40,9 @@ def build(cfg: LvisParams, seed: int = 0) -> dict[str, dict]:
     if not cfg.image_dirs:
         raise DatasetError("data.lvis.image_dirs is empty: expected the COCO image folders (e.g. coco/val2017)")
     data = load_json(path, EXPECTED)
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
         raise DatasetError(f"{path}: expected {EXPECTED}")
     try:
         ims, anns = data["images"], data["annotations"]
@@ -46,8 +56,13 @@ def build(cfg: LvisParams, seed: int = 0) -> dict[str, dict]:
         )
         xywh = np.asarray([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         boxes = boxes_frame(
-            [a["image_id"] for a in anns], [a["category_id"] for a in anns],
-            xywh[:, 0], xywh[:, 1], xywh[:, 2], xywh[:, 3], np.ones(len(anns), bool),
+            [a["image_id"] for a in anns],
+            [a["category_id"] for a in anns],
+            xywh[:, 0],
+            xywh[:, 1],
+            xywh[:, 2],
+            xywh[:, 3],
+            np.ones(len(anns), bool),
         )
         categories = [{"id": int(c["id"]), "name": str(c["name"])} for c in data["categories"]]
     except (KeyError, TypeError, ValueError) as exc:
@@ -64,11 +79,15 @@ def build(cfg: LvisParams, seed: int = 0) -> dict[str, dict]:
     if cfg.drop_unannotated:
         keep &= (images["n_source_boxes"] > 0).to_numpy()
     if not keep.any():
-        raise DatasetError(f"{path}: no annotated image with a coco_url folder in data.lvis.coco_folders={list(cfg.coco_folders)}")
+        raise DatasetError(
+            f"{path}: no annotated image with a coco_url folder in data.lvis.coco_folders={list(cfg.coco_folders)}"
+        )
     images, basenames = images[keep].reset_index(drop=True), basenames[keep].reset_index(drop=True)
     index = index_folders([Path(d).expanduser() for d in cfg.image_dirs], "a COCO image folder (data.lvis.image_dirs)")
     images = resolve_images(images, basenames, index, str(path))
     boxes = clean_boxes(boxes, images, "lvis")
     coco = to_coco(images[IMAGE_COLUMNS], boxes, categories)
-    log.info("lvis test: %d images, %d boxes, %d categories", len(coco["images"]), len(coco["annotations"]), len(categories))
+    log.info(
+        "lvis test: %d images, %d boxes, %d categories", len(coco["images"]), len(coco["annotations"]), len(categories)
+    )
     return {"test": coco}

@@ -150,8 +150,20 @@ _SHAPE_OPS: dict[str, list[tuple[np.ndarray, int]]] = {
     "cross": [
         (
             np.array(
-                [[-_W, -1], [_W, -1], [_W, -_W], [1, -_W], [1, _W], [_W, _W], [_W, 1], [-_W, 1],
-                 [-_W, _W], [-1, _W], [-1, -_W], [-_W, -_W]],
+                [
+                    [-_W, -1],
+                    [_W, -1],
+                    [_W, -_W],
+                    [1, -_W],
+                    [1, _W],
+                    [_W, _W],
+                    [_W, 1],
+                    [-_W, 1],
+                    [-_W, _W],
+                    [-1, _W],
+                    [-1, -_W],
+                    [-_W, -_W],
+                ],
                 float,
             ),
             255,
@@ -164,8 +176,7 @@ _SHAPE_OPS: dict[str, list[tuple[np.ndarray, int]]] = {
     "arrow": [
         (
             np.array(
-                [[-1, -0.22], [0.15, -0.22], [0.15, -0.62], [1, 0], [0.15, 0.62], [0.15, 0.22],
-                 [-1, 0.22]],
+                [[-1, -0.22], [0.15, -0.22], [0.15, -0.62], [1, 0], [0.15, 0.62], [0.15, 0.22], [-1, 0.22]],
                 float,
             ),
             255,
@@ -291,8 +302,16 @@ def _raster(polys: _Polys, cx: float, cy: float, thickness: int = 0) -> tuple[in
 
 
 def _texture(
-    rng: np.random.Generator, texture: str, rgb: np.ndarray, shape_hw: tuple[int, int],
-    x0: int, y0: int, cx: float, cy: float, m: np.ndarray, size: float,
+    rng: np.random.Generator,
+    texture: str,
+    rgb: np.ndarray,
+    shape_hw: tuple[int, int],
+    x0: int,
+    y0: int,
+    cx: float,
+    cy: float,
+    m: np.ndarray,
+    size: float,
 ) -> np.ndarray:
     """Texture of one instance in its own (rotated) frame, float32 (h, w, 3)."""
     h, w = shape_hw
@@ -410,9 +429,7 @@ def _box_overlap(box: _Box, others: list[_Box]) -> float:
     return worst
 
 
-def _render_scene(
-    cfg: SyntheticParams, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def _render_scene(cfg: SyntheticParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Paint one scene.
 
     Returns the RGB uint8 image, the int32 instance-id mask (0: background or clutter,

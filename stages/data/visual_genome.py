@@ -23,7 +23,15 @@ import pandas as pd
 
 from stages.config import VisualGenomeParams
 from stages.data.coco_json import to_coco
-from stages.data.files import IMAGE_COLUMNS, boxes_frame, clean_boxes, index_folders, load_json, require_path, resolve_images
+from stages.data.files import (
+    IMAGE_COLUMNS,
+    boxes_frame,
+    clean_boxes,
+    index_folders,
+    load_json,
+    require_path,
+    resolve_images,
+)
 from stages.data.table import DatasetError
 
 log = logging.getLogger(__name__)
@@ -41,12 +49,22 @@ def read_objects(path: Path) -> pd.DataFrame:
         raise DatasetError(f"{path}: expected {expected}")
     try:
         rows = [
-            (e.get("image_id", e.get("id")), o["x"], o["y"], o["w"], o["h"],
-             _first(o.get("synsets")), _first(o.get("names")) or o.get("name"))
-            for e in data for o in e["objects"]
+            (
+                e.get("image_id", e.get("id")),
+                o["x"],
+                o["y"],
+                o["w"],
+                o["h"],
+                _first(o.get("synsets")),
+                _first(o.get("names")) or o.get("name"),
+            )
+            for e in data
+            for o in e["objects"]
         ]
     except (KeyError, TypeError, AttributeError) as exc:
-        raise DatasetError(f"{path}: malformed object entry ({type(exc).__name__}: {exc}): expected {expected}") from None
+        raise DatasetError(
+            f"{path}: malformed object entry ({type(exc).__name__}: {exc}): expected {expected}"
+        ) from None
     del data
     df = pd.DataFrame(rows, columns=["image_id", "x", "y", "w", "h", "synset", "name"])
     if df["image_id"].isna().any():
@@ -70,7 +88,9 @@ def read_images(path: Path) -> tuple[pd.DataFrame, pd.Series]:
         )
         urls = [d.get("url") for d in data]
     except (KeyError, TypeError, ValueError) as exc:
-        raise DatasetError(f"{path}: malformed image entry ({type(exc).__name__}: {exc}): expected {expected}") from None
+        raise DatasetError(
+            f"{path}: malformed image entry ({type(exc).__name__}: {exc}): expected {expected}"
+        ) from None
     names = pd.Series([u.rsplit("/", 1)[-1] if u else f"{i}.jpg" for u, i in zip(urls, ids)], dtype=object)
     return images, names
 
@@ -96,7 +116,9 @@ def select_queries(objects: pd.DataFrame, cfg: VisualGenomeParams, seed: int) ->
 
 def build(cfg: VisualGenomeParams, seed: int) -> dict[str, dict]:
     """``{"test": coco dict}`` of Visual Genome."""
-    root = require_path(cfg.root, "data.visual_genome.root", "the Visual Genome folder (objects.json, image_data.json, VG_100K/)")
+    root = require_path(
+        cfg.root, "data.visual_genome.root", "the Visual Genome folder (objects.json, image_data.json, VG_100K/)"
+    )
     images, names = read_images(root / "image_data.json")
     if cfg.max_images is not None and cfg.max_images < len(images):
         rng = np.random.default_rng([seed % (1 << 64), zlib.crc32(b"visual_genome/images")])
@@ -119,6 +141,9 @@ def build(cfg: VisualGenomeParams, seed: int) -> dict[str, dict]:
     coco = to_coco(images[IMAGE_COLUMNS], boxes, categories)
     log.info(
         "visual_genome test: %d images, %d boxes (%d queries), %d classes",
-        len(coco["images"]), len(coco["annotations"]), int(boxes["query"].sum()), len(categories),
+        len(coco["images"]),
+        len(coco["annotations"]),
+        int(boxes["query"].sum()),
+        len(categories),
     )
     return {"test": coco}

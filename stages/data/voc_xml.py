@@ -27,9 +27,26 @@ VOC_TO_COCO_NAME: dict[str, str] = {
 }
 
 VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -57,7 +74,9 @@ def read_annotation(path: Path) -> tuple[str, int, int, list[tuple[str, bool, fl
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
-        raise DatasetError(f"{path} not found: expected the VOC annotation of a listed image under voc_root/Annotations/") from None
+        raise DatasetError(
+            f"{path} not found: expected the VOC annotation of a listed image under voc_root/Annotations/"
+        ) from None
     except ET.ParseError as exc:
         raise DatasetError(f"{path} is not valid XML ({exc}): expected a VOC annotation") from None
     size = root.find("size")

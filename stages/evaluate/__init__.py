@@ -30,11 +30,23 @@ def run(params: Params, backbone: str | None = None, dataset: str | None = None)
         raise FileNotFoundError(f"{tasks_file} not found; run the splits stage first")
     test = load_split(layout.dataset_dir(dataset) / "test.json")
     metrics = evaluate_index(
-        layout.index_dir(backbone, dataset), test, json.loads(tasks_file.read_text()), params,
-        layout.metrics_file(backbone, dataset), layout.plots_dir(backbone, dataset), header={"backbone": backbone, "dataset": dataset},
+        layout.index_dir(backbone, dataset),
+        test,
+        json.loads(tasks_file.read_text()),
+        params,
+        layout.metrics_file(backbone, dataset),
+        layout.plots_dir(backbone, dataset),
+        header={"backbone": backbone, "dataset": dataset},
     )
     m, p = metrics["model"]["all"], metrics["pretrained"]["all"]
     log.info(
         "evaluate: O-R@1 %.2f (pretrained %.2f), O-mAP %.2f (%.2f), I-R@1 %.2f (%.2f), I-mAP %.2f (%.2f)",
-        m["O-R@1"], p["O-R@1"], m["O-mAP"], p["O-mAP"], m["I-R@1"], p["I-R@1"], m["I-mAP"], p["I-mAP"],
+        m["O-R@1"],
+        p["O-R@1"],
+        m["O-mAP"],
+        p["O-mAP"],
+        m["I-R@1"],
+        p["I-R@1"],
+        m["I-mAP"],
+        p["I-mAP"],
     )

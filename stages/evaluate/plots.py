@@ -62,8 +62,16 @@ def write_bucket_plots(metrics: dict, plots_dir: Path) -> None:
     for ax, key in zip(axes, ("O-R@1", "O-mAP")):
         for j, name in enumerate(names):
             values = bucket_table(metrics, name)[key].astype(float).to_numpy()
-            bars = ax.barh(y + (j - (len(names) - 1) / 2) * height, np.nan_to_num(values), height, label=name, color=("#4575b4", "#bbbbbb")[j % 2])
-            ax.bar_label(bars, labels=["no query" if np.isnan(v) else f"{v:.1f}" for v in values], fontsize=8, padding=2)
+            bars = ax.barh(
+                y + (j - (len(names) - 1) / 2) * height,
+                np.nan_to_num(values),
+                height,
+                label=name,
+                color=("#4575b4", "#bbbbbb")[j % 2],
+            )
+            ax.bar_label(
+                bars, labels=["no query" if np.isnan(v) else f"{v:.1f}" for v in values], fontsize=8, padding=2
+            )
         ax.set_title(key + (" (paper mAP)" if key == "O-mAP" else ""))
         ax.set_xlim(0, 110)
         ax.set_xlabel("%")
@@ -119,10 +127,15 @@ def write_examples_sheet(
             x1, y1, x2, y2 = (float(v) for v in g[BOX_COLUMNS])
             colour = GREEN if rel[c] else RED
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=2.5))
-            ax.set_title(f"#{c + 1} {'relevant' if rel[c] else 'not relevant'}  d={dist[c]:.2f}", fontsize=8, color=colour)
+            ax.set_title(
+                f"#{c + 1} {'relevant' if rel[c] else 'not relevant'}  d={dist[c]:.2f}", fontsize=8, color=colour
+            )
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Retrieval examples: query crop, top-5 gallery objects (green: relevant at IoU >= threshold, red: not)", fontsize=10)
+    fig.suptitle(
+        "Retrieval examples: query crop, top-5 gallery objects (green: relevant at IoU >= threshold, red: not)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.3 * len(rows))))
     _save(fig, path)

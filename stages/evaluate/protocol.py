@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.boxes import clip_boxes
 from stages.config import Params
 from stages.data.table import ImageTable
 from stages.metrics.relevance import ANY_OVERLAP, RelevanceLookup, relevant_classes
@@ -36,7 +35,13 @@ EMBEDDINGS = ("model", "pretrained")
 LEVELS = ("O", "I")  # object level (IoU >= evaluate.object_iou), image level (any overlap)
 HEADLINE = ("R@1", "R@5", "R@10", "mAP", "mAP_std", "mMP@5")
 # Query-size buckets of the paper's Tables III-IV, by sqrt(box area) in pixels.
-SIZE_BUCKETS = {"size_0-20": (0, 20), "size_20-30": (20, 30), "size_30-60": (30, 60), "size_60-100": (60, 100), "size_100+": (100, np.inf)}
+SIZE_BUCKETS = {
+    "size_0-20": (0, 20),
+    "size_20-30": (20, 30),
+    "size_30-60": (30, 60),
+    "size_60-100": (60, 100),
+    "size_100+": (100, np.inf),
+}
 
 
 def known_category_ids(categories: pd.DataFrame, tasks: dict) -> np.ndarray:
@@ -64,11 +69,15 @@ def ground_truth(test: ImageTable) -> pd.DataFrame:
     gt = test.boxes.merge(test.images[["image_id", "width", "height"]], on="image_id", how="inner")
     b = gt[BOX_COLUMNS].to_numpy(np.float64)
     w, h = gt["width"].to_numpy(np.float64), gt["height"].to_numpy(np.float64)
-    b = np.stack([np.clip(b[:, 0], 0, w), np.clip(b[:, 1], 0, h), np.clip(b[:, 2], 0, w), np.clip(b[:, 3], 0, h)], axis=1)
+    b = np.stack(
+        [np.clip(b[:, 0], 0, w), np.clip(b[:, 1], 0, h), np.clip(b[:, 2], 0, w), np.clip(b[:, 3], 0, h)], axis=1
+    )
     return gt.assign(x1=b[:, 0], y1=b[:, 1], x2=b[:, 2], y2=b[:, 3])
 
 
-def relevance_lookups(gallery: pd.DataFrame, gt: pd.DataFrame, class_codes: np.ndarray, object_iou: float) -> dict[str, RelevanceLookup]:
+def relevance_lookups(
+    gallery: pd.DataFrame, gt: pd.DataFrame, class_codes: np.ndarray, object_iou: float
+) -> dict[str, RelevanceLookup]:
     """Object- and image-level relevance labels of the gallery, prepared once.
 
     ``class_codes`` are the dense class codes (0..C-1) of the ``gt`` rows.
@@ -104,7 +113,9 @@ class Scores:
 
     per_query: dict[str, dict[str, np.ndarray]]  # level -> metric -> [Q]
     totals: dict[str, np.ndarray]  # level -> relevant items in the gallery per query
-    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)  # q -> (rows, dist, O-rel)
+    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )  # q -> (rows, dist, O-rel)
 
 
 def score_queries(
@@ -202,7 +213,9 @@ def evaluate_index(
     queries = pd.read_parquet(index_dir / "queries.parquet")
     gt = ground_truth(test)
     # dense class codes shared by GT and queries (category ids may be large or sparse)
-    classes = np.unique(np.concatenate([gt["category_id"].to_numpy(np.int64), queries["category_id"].to_numpy(np.int64)]))
+    classes = np.unique(
+        np.concatenate([gt["category_id"].to_numpy(np.int64), queries["category_id"].to_numpy(np.int64)])
+    )
     gt_codes = np.searchsorted(classes, gt["category_id"].to_numpy(np.int64))
     q_class = np.searchsorted(classes, queries["category_id"].to_numpy(np.int64))
     q_image = queries["image_id"].to_numpy(np.int64)
@@ -214,7 +227,13 @@ def evaluate_index(
     fetch = cfg.topk + (per_image if cfg.exclude_same_image else 0)
     examples = choose_examples(masks, cfg.examples, params.seed) if plots_dir is not None else None
 
-    metrics: dict = {**(header or {}), "groups": params.groups, "task": params.task, "gallery": len(gallery), "queries": len(queries)}
+    metrics: dict = {
+        **(header or {}),
+        "groups": params.groups,
+        "task": params.task,
+        "gallery": len(gallery),
+        "queries": len(queries),
+    }
     scores: dict[str, Scores] = {}
     for name in embeddings:
         index_file = index_dir / name / "gallery.faiss"
@@ -223,8 +242,17 @@ def evaluate_index(
         index = load_for_search(index_file, params.index)
         vectors = np.load(index_dir / name / "queries.npy", mmap_mode="r")
         sc = score_queries(
-            index, vectors, q_class, q_image, lookups, cfg.topk, fetch, cfg.exclude_same_image, cfg.query_chunk,
-            keep=examples if name == "model" else None, desc=f"search ({name})",
+            index,
+            vectors,
+            q_class,
+            q_image,
+            lookups,
+            cfg.topk,
+            fetch,
+            cfg.exclude_same_image,
+            cfg.query_chunk,
+            keep=examples if name == "model" else None,
+            desc=f"search ({name})",
         )
         scores[name] = sc
         result: dict = {subset: {"queries": int(m.sum())} for subset, m in masks.items()}
@@ -241,5 +269,7 @@ def evaluate_index(
         write_bucket_plots(metrics, plots_dir)
         ex = scores["model"].examples
         names = dict(zip(test.categories["category_id"], test.categories["name"]))
-        write_examples_sheet(ex, queries, gallery, test.images, names, Path(plots_dir) / "examples.png", params.extract.crop_size)
+        write_examples_sheet(
+            ex, queries, gallery, test.images, names, Path(plots_dir) / "examples.png", params.extract.crop_size
+        )
     return metrics

@@ -58,7 +58,12 @@ def build_extractor(cfg: ExtractParams) -> Extractor:
 
 
 def extract_tables(
-    tables: dict, objects_dir: Path, extractor: Extractor, cfg: ExtractParams, fingerprint: str, engine: Engine | None = None
+    tables: dict,
+    objects_dir: Path,
+    extractor: Extractor,
+    cfg: ExtractParams,
+    fingerprint: str,
+    engine: Engine | None = None,
 ) -> dict:
     """Extract the images of ``tables`` (split -> DataFrame with ``image_id, path``) into
     ``objects_dir`` with the local engine (or ``engine``); returns the summary."""
@@ -66,7 +71,9 @@ def extract_tables(
     return extract_dataset(tables, objects_dir, engine, extractor.name, cfg, fingerprint)
 
 
-def extract_tables_ray(tables: dict, objects_dir: Path, cfg: ExtractParams, fingerprint: str, factory: Callable | None = None) -> dict:
+def extract_tables_ray(
+    tables: dict, objects_dir: Path, cfg: ExtractParams, fingerprint: str, factory: Callable | None = None
+) -> dict:
     """:func:`extract_tables` on a Ray cluster (``cfg.ray_address``, ``$RAY_ADDRESS`` or a local
     one); ``factory()`` builds the extractor in each actor (default: from ``cfg``)."""
     from stages.extract.ray_engine import ray_cluster, ray_results

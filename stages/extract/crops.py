@@ -5,7 +5,6 @@ All images in and out are RGB ``uint8`` arrays of shape ``H x W x 3``.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 

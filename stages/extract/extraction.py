@@ -39,7 +39,10 @@ def _rows(result: ImageResult, split: str, first_id: int, extractor_name: str) -
         "object_id": np.arange(first_id, first_id + n, dtype=np.int64),
         "image_id": np.full(n, result.image_id, dtype=np.int64),
         "split": [split] * n,
-        "x1": b[:, 0], "y1": b[:, 1], "x2": b[:, 2], "y2": b[:, 3],
+        "x1": b[:, 0],
+        "y1": b[:, 1],
+        "x2": b[:, 2],
+        "y2": b[:, 3],
         "area": objs["area"],
         "score": objs["scores"],
         "stability": objs["stability"],
@@ -145,6 +148,8 @@ def extract_dataset(
         extract_split(images, objects_dir, split, engine, extractor_name, cfg, manifest, first)
     summary = {"extractor": extractor_name, "splits": {s: split_summary(manifest, s) for s in order}}
     for split, s in summary["splits"].items():
-        log.info("extract: %s: %d objects from %d images (%d skipped)", split, s["objects"], s["images"], s["skipped_images"])
+        log.info(
+            "extract: %s: %d objects from %d images (%d skipped)", split, s["objects"], s["images"], s["skipped_images"]
+        )
     atomic_write_text(objects_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary

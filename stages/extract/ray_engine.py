@@ -59,7 +59,9 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None):
     try:
         import ray
     except ImportError:
-        raise UserError("extract.engine 'ray' needs Ray: pip install 'ray[data]' (or the project's [ray] extra)") from None
+        raise UserError(
+            "extract.engine 'ray' needs Ray: pip install 'ray[data]' (or the project's [ray] extra)"
+        ) from None
 
     if ray.is_initialized():
         yield
@@ -80,8 +82,12 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None):
 
 def _decode(row: dict) -> dict:
     image = read_image(row["path"])
-    return {"image_id": row["image_id"], "path": row["path"], "ok": image is not None,
-            "image": _EMPTY if image is None else image}
+    return {
+        "image_id": row["image_id"],
+        "path": row["path"],
+        "ok": image is not None,
+        "image": _EMPTY if image is None else image,
+    }
 
 
 class _ExtractActor:
@@ -94,7 +100,11 @@ class _ExtractActor:
     def __call__(self, batch: dict) -> pa.Table:
         rows = {f.name: [] for f in _RESULT_SCHEMA}
         for image_id, path, ok, image in zip(batch["image_id"], batch["path"], batch["ok"], batch["image"]):
-            objs = image_objects(np.asarray(image), self.extractor, self.cfg.crop_size, self.cfg.crop_format) if ok else None
+            objs = (
+                image_objects(np.asarray(image), self.extractor, self.cfg.crop_size, self.cfg.crop_format)
+                if ok
+                else None
+            )
             rows["image_id"].append(int(image_id))
             rows["path"].append(str(path))
             rows["ok"].append(bool(ok))

@@ -83,8 +83,11 @@ class Manifest:
         return 0
 
     def save(self, directory: Path) -> None:
-        data = {"version": _VERSION, "fingerprint": self.fingerprint,
-                "splits": {k: asdict(v) for k, v in self.splits.items()}}
+        data = {
+            "version": _VERSION,
+            "fingerprint": self.fingerprint,
+            "splits": {k: asdict(v) for k, v in self.splits.items()},
+        }
         atomic_write_text(Path(directory) / MANIFEST, json.dumps(data) + "\n")
 
     @classmethod

@@ -58,7 +58,9 @@ def _encoder_shape(state: Mapping[str, torch.Tensor]) -> str:
 
 def _read_checkpoint(path: Path, model_type: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise SamCheckpointError(f"SAM checkpoint file not found: {path} (extract.sam.checkpoint, a {model_type} checkpoint)")
+        raise SamCheckpointError(
+            f"SAM checkpoint file not found: {path} (extract.sam.checkpoint, a {model_type} checkpoint)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights-only errors have many types
@@ -72,13 +74,17 @@ def _read_checkpoint(path: Path, model_type: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_sam(model_type: str, checkpoint: str | Path | None, builders: Mapping[str, Builder] | None = None) -> nn.Module:
+def load_sam(
+    model_type: str, checkpoint: str | Path | None, builders: Mapping[str, Builder] | None = None
+) -> nn.Module:
     """Build ``model_type`` with its registry builder and load the weights of ``checkpoint`` into it."""
     builders = builders if builders is not None else _registry()
     if model_type not in builders:
         raise SamCheckpointError(f"unknown SAM model type {model_type!r}; valid: {sorted(builders)}")
     if checkpoint is None:
-        raise SamCheckpointError(f"extract.sam.checkpoint is not set: give the path of a SAM {model_type} checkpoint file")
+        raise SamCheckpointError(
+            f"extract.sam.checkpoint is not set: give the path of a SAM {model_type} checkpoint file"
+        )
     path = Path(checkpoint)
     state = _read_checkpoint(path, model_type)
     with torch.device("meta"):
@@ -91,7 +97,9 @@ def load_sam(model_type: str, checkpoint: str | Path | None, builders: Mapping[s
         details = []
         if wrong:
             k = wrong[0]
-            details.append(f"{len(wrong)} tensors of another shape, e.g. {k} {tuple(state[k].shape)} instead of {tuple(expected[k])}")
+            details.append(
+                f"{len(wrong)} tensors of another shape, e.g. {k} {tuple(state[k].shape)} instead of {tuple(expected[k])}"
+            )
         if missing:
             details.append(f"{len(missing)} missing, e.g. {missing[0]}")
         if unexpected:
@@ -146,7 +154,9 @@ class SamExtractor:
                     raise UserError("extract.sam.precision bf16 is not supported by this GPU; use fp16 or fp32")
                 model.image_encoder = AutocastEncoder(model.image_encoder, "cuda", _DTYPES[cfg.precision])
             else:
-                log.warning("extract: SAM runs in fp32 on CPU (extract.sam.precision %s applies to CUDA only)", cfg.precision)
+                log.warning(
+                    "extract: SAM runs in fp32 on CPU (extract.sam.precision %s applies to CUDA only)", cfg.precision
+                )
         self.generator = SamAutomaticMaskGenerator(
             model,
             points_per_side=cfg.points_per_side,
@@ -167,7 +177,10 @@ class SamExtractor:
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] + 1.0], axis=1)
         masks = None
         if self.cfg.keep_masks:
-            masks = [json.dumps({"size": list(r["segmentation"]["size"]), "counts": r["segmentation"]["counts"]}) for r in records]
+            masks = [
+                json.dumps({"size": list(r["segmentation"]["size"]), "counts": r["segmentation"]["counts"]})
+                for r in records
+            ]
         return Proposals(
             boxes=boxes,
             scores=np.asarray([r["predicted_iou"] for r in records], dtype=np.float32),

@@ -24,7 +24,9 @@ def run(params: Params) -> None:
     boundaries = group_boundaries(areas, params.groups)
     group = assign_groups(areas, boundaries)
     counts = np.bincount(group, minlength=params.groups)
-    pd.DataFrame({"object_id": objects["object_id"], "group": group}).to_parquet(out / "assignment.parquet", index=False)
+    pd.DataFrame({"object_id": objects["object_id"], "group": group}).to_parquet(
+        out / "assignment.parquet", index=False
+    )
     info = {
         "groups": params.groups,
         "area_boundaries": [round(float(b), 3) for b in boundaries],
@@ -33,4 +35,6 @@ def run(params: Params) -> None:
     }
     (out / "boundaries.json").write_text(json.dumps(info, indent=2) + "\n")
     plot_area_histogram(areas, boundaries, counts, out / "area_hist.png")
-    log.info("groups: %d groups, sizes %s, side boundaries %s px", params.groups, counts.tolist(), info["side_boundaries_px"])
+    log.info(
+        "groups: %d groups, sizes %s, side boundaries %s px", params.groups, counts.tolist(), info["side_boundaries_px"]
+    )

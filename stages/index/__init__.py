@@ -14,7 +14,6 @@ from stages.config import Params
 EMBEDDINGS = ("model", "pretrained")
 
 
-
 def run(params: Params, backbone: str | None = None, dataset: str | None = None) -> None:
     """Index the test gallery of ``dataset`` with the model of ``backbone`` (defaults: train_on, first backbone)."""
     from stages.data.table import load_split

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from stages.boxes import clip_boxes, valid_boxes
 from stages.config import Params
 from stages.data.table import ImageTable
-from stages.index import EMBEDDINGS
 from stages.extract.crops import crop_boxes, read_image
+from stages.index import EMBEDDINGS
 from stages.index.embed import crops_to_tensor, decode_to_tensor, embed_chunk, iter_encoded_chunks
 from stages.index.faiss_index import build_from_shards
 from stages.index.vectors import VectorShardWriter, save_npy, vector_shards
@@ -103,7 +103,9 @@ def embed_gallery(objects_dir: Path, nets: dict, out: Path, params: Params) -> i
             if not len(chunk):
                 continue
             crops = decode_to_tensor(chunk["crop"].tolist(), next(iter(nets.values())).input_size)
-            for (name, net), vectors in zip(nets.items(), embed_chunk(list(nets.values()), crops, params.index.batch_size)):
+            for (name, net), vectors in zip(
+                nets.items(), embed_chunk(list(nets.values()), crops, params.index.batch_size)
+            ):
                 writers[name].add(vectors)
             table = pa.Table.from_pandas(chunk[columns], preserve_index=False)
             meta_writer = meta_writer or pq.ParquetWriter(tmp, table.schema)
@@ -151,11 +153,15 @@ def build_index_dir(out: Path, model_path: Path, test: ImageTable, objects_dir: 
     n_queries = embed_queries(test, nets, out, params)
     info: dict = {"gallery": n_gallery, "queries": n_queries}
     for name in nets:
-        index, kind = build_from_shards(vector_shards(out / name, "gallery"), params.index, seed=params.seed, desc=f"index ({name})")
+        index, kind = build_from_shards(
+            vector_shards(out / name, "gallery"), params.index, seed=params.seed, desc=f"index ({name})"
+        )
         tmp = out / name / "gallery.faiss.tmp"
         faiss.write_index(index, str(tmp))
         os.replace(tmp, out / name / "gallery.faiss")
         info[name] = {"type": kind, "dim": int(index.d), "ntotal": int(index.ntotal)}
-        log.info("index: %s: %s index of %d gallery objects, %d queries, %d-d", name, kind, index.ntotal, n_queries, index.d)
+        log.info(
+            "index: %s: %s index of %d gallery objects, %d queries, %d-d", name, kind, index.ntotal, n_queries, index.d
+        )
     (out / "index.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

@@ -129,7 +129,9 @@ def build_from_chunks(
     return index, kind
 
 
-def build_from_shards(paths: list[Path], params: IndexParams, seed: int = 0, desc: str | None = None) -> tuple[faiss.Index, str]:
+def build_from_shards(
+    paths: list[Path], params: IndexParams, seed: int = 0, desc: str | None = None
+) -> tuple[faiss.Index, str]:
     """Build the gallery index from embedding shards (``.npy``), shard by shard."""
     if not paths:
         raise ValueError("no embedding shards to index")
@@ -140,7 +142,13 @@ def build_from_shards(paths: list[Path], params: IndexParams, seed: int = 0, des
     if kind == "ivfpq":
         probe = empty_index(kind, d, n, params)
         sample = sample_rows(paths, _train_size(probe, n, params), seed=seed)
-        log.info("index: training IVF-PQ (nlist %d, m %d) on %d of %d vectors", faiss.extract_index_ivf(probe).nlist, probe.pq.M, len(sample), n)
+        log.info(
+            "index: training IVF-PQ (nlist %d, m %d) on %d of %d vectors",
+            faiss.extract_index_ivf(probe).nlist,
+            probe.pq.M,
+            len(sample),
+            n,
+        )
     return build_from_chunks(iter_vector_chunks(paths), n, d, params, sample, desc=desc)
 
 

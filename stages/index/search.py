@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import faiss
 import numpy as np
 import pandas as pd
 import torch
@@ -51,7 +50,9 @@ def query_crop(image_path: Path, box: tuple[float, float, float, float] | None, 
     return crop_boxes(image, clipped, crop_size)[0]
 
 
-def search(crop: np.ndarray, k: int, params: Params, backbone: str, dataset: str, embedding: str = "model") -> list[Hit]:
+def search(
+    crop: np.ndarray, k: int, params: Params, backbone: str, dataset: str, embedding: str = "model"
+) -> list[Hit]:
     """The k gallery objects of ``dataset`` nearest to a query crop (RGB uint8), with ``backbone``'s
     'model' (trained) or 'pretrained' embedding (``params.index`` sets the search knobs)."""
     index_dir = layout.index_dir(backbone, dataset)
@@ -72,8 +73,16 @@ def search(crop: np.ndarray, k: int, params: Params, backbone: str, dataset: str
         if r < 0:
             continue
         g = gallery.iloc[int(r)]
-        hits.append(Hit(rank, int(g.object_id), int(g.image_id), str(paths.get(int(g.image_id), "?")),
-                        tuple(float(v) for v in g[BOX_COLUMNS]), float(np.sqrt(max(d, 0.0)))))
+        hits.append(
+            Hit(
+                rank,
+                int(g.object_id),
+                int(g.image_id),
+                str(paths.get(int(g.image_id), "?")),
+                tuple(float(v) for v in g[BOX_COLUMNS]),
+                float(np.sqrt(max(d, 0.0))),
+            )
+        )
     return hits
 
 
@@ -92,7 +101,16 @@ def draw_hits(query: np.ndarray, hits: list[Hit], path: Path, tile: int = 192) -
         canvas[: small.shape[0], : small.shape[1]] = small
         x1, y1, x2, y2 = (round(v * scale) for v in hit.box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (255, 255, 0), 2)
-        cv2.putText(canvas, f"#{hit.rank} d={hit.distance:.2f}", (4, tile - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            f"#{hit.rank} d={hit.distance:.2f}",
+            (4, tile - 6),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
         tiles.append(canvas)
     sheet = np.concatenate(tiles, axis=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)

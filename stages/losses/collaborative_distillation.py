@@ -17,7 +17,13 @@ def centroid_log_probs(emb: torch.Tensor, centroids: torch.Tensor, tau: float) -
 
 
 def collaborative_distillation(
-    emb: torch.Tensor, rows_a: torch.Tensor, rows_b: torch.Tensor, pair: torch.Tensor, n_pairs: int, centroids: torch.Tensor, tau: float
+    emb: torch.Tensor,
+    rows_a: torch.Tensor,
+    rows_b: torch.Tensor,
+    pair: torch.Tensor,
+    n_pairs: int,
+    centroids: torch.Tensor,
+    tau: float,
 ) -> torch.Tensor:
     """L_CKD = (1/|Q|) sum over group pairs q = (a, b) in Q of L_CKD(G_a, G_b)  (eq. 2), with
     L_CKD(G_a, G_b) = mean over shared crops i of KL(S_a^i || S_b^i)  (eq. 1).
@@ -39,4 +45,6 @@ def ckd_pair(emb_a: torch.Tensor, emb_b: torch.Tensor, centroids: torch.Tensor, 
     """L_CKD(G_a, G_b) of one group pair (eq. 1): ``emb_a[i]``, ``emb_b[i]`` embed the same crop."""
     n = len(emb_a)
     rows = torch.arange(n, device=emb_a.device)
-    return collaborative_distillation(torch.cat([emb_a, emb_b]), rows, rows + n, torch.zeros_like(rows), 1, centroids, tau)
+    return collaborative_distillation(
+        torch.cat([emb_a, emb_b]), rows, rows + n, torch.zeros_like(rows), 1, centroids, tau
+    )

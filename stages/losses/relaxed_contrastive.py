@@ -7,7 +7,9 @@ import torch
 from stages.losses.distances import embedding_distances, pair_mask
 
 
-def relaxed_contrastive(emb: torch.Tensor, weights: torch.Tensor, delta: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+def relaxed_contrastive(
+    emb: torch.Tensor, weights: torch.Tensor, delta: float = 1.0, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over pairs i != j of w_ij d_ij^2 + (1 - w_ij) [delta - d_ij]_+^2  (eq. 4).
 
     ``d`` is the relative distance of the L2-normalised ``emb`` [..., n, d]; ``weights``
@@ -18,7 +20,9 @@ def relaxed_contrastive(emb: torch.Tensor, weights: torch.Tensor, delta: float =
     return relaxed_contrastive_on_distances(embedding_distances(emb, valid), weights, delta, valid)
 
 
-def relaxed_contrastive_on_distances(d: torch.Tensor, weights: torch.Tensor, delta: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+def relaxed_contrastive_on_distances(
+    d: torch.Tensor, weights: torch.Tensor, delta: float = 1.0, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`relaxed_contrastive` from the embeddings' distances ``d`` (:func:`embedding_distances`)."""
     pull = weights * d.pow(2)
     push = (1.0 - weights) * (delta - d).clamp_min(0).pow(2)

@@ -8,17 +8,23 @@ import torch.nn.functional as F
 from stages.losses.distances import embedding_distances, pair_mask
 
 
-def self_distillation(teacher_emb: torch.Tensor, student_emb: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def self_distillation(
+    teacher_emb: torch.Tensor, student_emb: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """(1/n) sum_i KL(P_h_i || P_l_i), P = row softmax of -d over j != i  (eq. 3).
 
     Embeddings [..., n, d]; ``valid`` [..., n] marks the real rows of padded sets (one loss per
     set). As in STML's code, the higher-dimensional h embedding teaches l and is detached; eq. 3
     as printed writes the KL the other way round (see docs).
     """
-    return self_distillation_on_distances(embedding_distances(teacher_emb, valid), embedding_distances(student_emb, valid), valid)
+    return self_distillation_on_distances(
+        embedding_distances(teacher_emb, valid), embedding_distances(student_emb, valid), valid
+    )
 
 
-def self_distillation_on_distances(d_teacher: torch.Tensor, d_student: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def self_distillation_on_distances(
+    d_teacher: torch.Tensor, d_student: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`self_distillation` from the two embeddings' distances (:func:`embedding_distances`);
     no gradient reaches ``d_teacher``."""
     n = d_teacher.shape[-1]

@@ -29,7 +29,11 @@ def contextual_weights(w_p: torch.Tensor, k: int, valid: torch.Tensor | None = N
     k = min(k, n)
     scores = w_p if valid is None else w_p.masked_fill(~valid[..., None, :], -1.0)  # w_p > 0
     top = scores.topk(k, dim=-1).indices  # [..., n, k]
-    picked = torch.ones_like(top, dtype=w_p.dtype) if valid is None else torch.gather(valid.to(w_p.dtype)[..., None, :].expand_as(w_p), -1, top)
+    picked = (
+        torch.ones_like(top, dtype=w_p.dtype)
+        if valid is None
+        else torch.gather(valid.to(w_p.dtype)[..., None, :].expand_as(w_p), -1, top)
+    )
     nn_mask = torch.zeros_like(w_p).scatter_(-1, top, picked)
     if valid is not None:
         nn_mask = nn_mask * valid.to(w_p.dtype)[..., :, None]
@@ -42,7 +46,11 @@ def contextual_weights(w_p: torch.Tensor, k: int, valid: torch.Tensor | None = N
 
 
 def teacher_weights(
-    teacher: torch.Tensor, sigma: float, k: int, positives: torch.Tensor | None = None, valid: torch.Tensor | None = None
+    teacher: torch.Tensor,
+    sigma: float,
+    k: int,
+    positives: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """W = (W_P + W_C) / 2, with the pairs in ``positives`` (e.g. two views of a crop) set to 1."""
     w_p = pairwise_weights(teacher, sigma)

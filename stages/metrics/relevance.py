@@ -141,7 +141,9 @@ class RelevanceLookup:
         if gallery_image is not None:
             self.gallery_image = np.asarray(gallery_image, dtype=np.int64).reshape(-1)
             if self.gallery_image.shape[0] != self.n_gallery:
-                raise ValueError(f"gallery_image has {self.gallery_image.shape[0]} entries for {self.n_gallery} gallery rows")
+                raise ValueError(
+                    f"gallery_image has {self.gallery_image.shape[0]} entries for {self.n_gallery} gallery rows"
+                )
             # relevant items per (image, class), to subtract a query's own image
             self.images = np.unique(self.gallery_image)
             img_idx = np.searchsorted(self.images, self.gallery_image[rows])
@@ -182,7 +184,9 @@ class RelevanceLookup:
             ranked = drop_same_image(ranked, query_image, self.gallery_image)
             q_img_pos, q_img_found = _lookup(self.images, query_image)
             pos, found_pair = _lookup(self.pair_keys, q_img_pos * np.int64(n_cls) + safe_class)
-            own = np.where(found_pair & q_img_found & class_ok, self.pair_counts[pos] if self.pair_counts.size else 0, 0)
+            own = np.where(
+                found_pair & q_img_found & class_ok, self.pair_counts[pos] if self.pair_counts.size else 0, 0
+            )
             n_total = n_total - own.astype(np.int64)
 
         valid = ranked >= 0

@@ -61,11 +61,7 @@ class KnnBatchSampler:
         """One batch of queries*k object indices: per group, quota queries and their neighbours."""
         if self.neighbours is None:
             raise RuntimeError("call refresh() with embeddings before sampling")
-        picks = [
-            self.rng.choice(m, size=q, replace=len(m) < q)
-            for m, q in zip(self.members, self.quotas)
-            if q > 0
-        ]
+        picks = [self.rng.choice(m, size=q, replace=len(m) < q) for m, q in zip(self.members, self.quotas) if q > 0]
         queries = np.concatenate(picks)
         return self.neighbours[queries].reshape(-1)
 

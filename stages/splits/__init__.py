@@ -48,8 +48,16 @@ def run(params: Params) -> None:
         "unknown": cats["category_id"].to_numpy(np.int64)[~known].tolist(),
     }
     (out / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
-    objects = read_objects(layout.objects_dir(params.train_on), "train", columns=["object_id", "image_id", *BOX_COLUMNS, "area"])
+    objects = read_objects(
+        layout.objects_dir(params.train_on), "train", columns=["object_id", "image_id", *BOX_COLUMNS, "area"]
+    )
     keep = training_objects(objects, train.boxes, known_ids)
     chosen = objects.loc[keep, ["object_id", "image_id", "area"]].reset_index(drop=True)
     chosen.to_parquet(out / "train_objects.parquet", index=False)
-    log.info("splits: task %d: %d known classes, %d/%d training objects", params.task, len(known_ids), len(chosen), len(objects))
+    log.info(
+        "splits: task %d: %d known classes, %d/%d training objects",
+        params.task,
+        len(known_ids),
+        len(chosen),
+        len(objects),
+    )

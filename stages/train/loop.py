@@ -61,7 +61,12 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
 
 @torch.no_grad()
 def refresh_embeddings(
-    student: StudentModel, crops: torch.Tensor, group_of: np.ndarray, batch: int, freeze_bn: bool, runtime: Runtime | None = None
+    student: StudentModel,
+    crops: torch.Tensor,
+    group_of: np.ndarray,
+    batch: int,
+    freeze_bn: bool,
+    runtime: Runtime | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """h and l of every training crop from its own group's head, in one backbone pass per batch.
 
@@ -73,7 +78,9 @@ def refresh_embeddings(
     student.eval()
     hs, ls = [], []
     starts = range(0, len(mine), batch)
-    for s in tqdm(starts, desc="refresh k-NN/centroids", unit="batch", leave=False, disable=len(starts) < 2 or not rt.is_main):
+    for s in tqdm(
+        starts, desc="refresh k-NN/centroids", unit="batch", leave=False, disable=len(starts) < 2 or not rt.is_main
+    ):
         x = mine[s : s + batch].to(rt.device, non_blocking=True).float().div_(255)
         with rt.autocast():
             h, l = student.embed_by_group(x, groups[s : s + batch].to(rt.device))
@@ -86,7 +93,16 @@ def refresh_embeddings(
     return rt.gather_rows(h, len(crops)).cpu().numpy(), rt.gather_rows(l, len(crops)).cpu().numpy()
 
 
-def step_terms(rt: Runtime, method: Method, student: StudentModel, backbone, teacher_fwd, load, idx: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def step_terms(
+    rt: Runtime,
+    method: Method,
+    student: StudentModel,
+    backbone,
+    teacher_fwd,
+    load,
+    idx: torch.Tensor,
+    gen: torch.Generator,
+) -> dict[str, torch.Tensor]:
     """Loss terms of the global batch ``idx``: this rank embeds its rows (``backbone`` may be the
     DDP/compiled student backbone), the features of all ranks are gathered, and every rank
     evaluates the same loss on them."""
@@ -186,18 +202,34 @@ def train_model(
     cfg = cfg.model_copy(update={"lr": learning_rate(backbone, options, fallback=cfg.lr)})  # as the train stage does
     rt = runtime or resolve_runtime(cfg)
     try:
-        return _train(cfg, (backbone, options), crops, group_of, n_groups, seed, Path(checkpoint), Path(log_path), fingerprint, stop_after, rt)
+        return _train(
+            cfg,
+            (backbone, options),
+            crops,
+            group_of,
+            n_groups,
+            seed,
+            Path(checkpoint),
+            Path(log_path),
+            fingerprint,
+            stop_after,
+            rt,
+        )
     finally:
         rt.close()
 
 
-def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path, fingerprint, stop_after, rt: Runtime) -> TrainResult:
+def _train(
+    cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path, fingerprint, stop_after, rt: Runtime
+) -> TrainResult:
     if cfg.method != "ms_ugcml":
         group_of, n_groups = np.zeros(len(crops), dtype=np.int64), 1
     rt.rows(cfg.queries * cfg.neighbours)  # the global batch splits evenly over the processes
     gen = seed_everything(seed)
     name, options = backbone
-    student = build_student(name, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head, options=options)
+    student = build_student(
+        name, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head, options=options
+    )
     student.to(rt.device)
     method = build_method(cfg, group_of, n_groups, seed)
     teacher = TeacherModel(student).eval() if method.needs_teacher else None
@@ -205,7 +237,14 @@ def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     scaler = rt.grad_scaler()
     state = {"history": []}
-    parts = {"student": student, "teacher": teacher, "optimizer": opt, "scheduler": sched, "scaler": scaler, "method": method}
+    parts = {
+        "student": student,
+        "teacher": teacher,
+        "optimizer": opt,
+        "scheduler": sched,
+        "scaler": scaler,
+        "method": method,
+    }
     start = _resume(checkpoint, fingerprint, parts, gen, state, rt.device)
     if rt.is_main:  # the log is rewritten from the checkpoint's history: it always matches the weights
         log_path.write_text("".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
@@ -222,7 +261,14 @@ def _train(cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path,
     def embed_all():
         return refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt)
 
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}", unit="step", disable=not rt.is_main)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc=f"train {cfg.method}",
+        unit="step",
+        disable=not rt.is_main,
+    )
     engine = Engine(rt, method, student, backbone, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema)
     for step in bar:
         method.before_step(step, embed_all, rt)

@@ -54,9 +54,18 @@ class Method:
         """Backbone input of this rank's crops ``x`` (float [b, 3, S, S], rows ``rows`` of the
         global batch): the two augmented views, drawn for the whole global batch."""
         cfg = self.cfg
-        return random_resized_views(x, N_VIEWS, cfg.aug_scale, generator, cfg.input_size, rows=rows, batch=self.batch_size)
+        return random_resized_views(
+            x, N_VIEWS, cfg.aug_scale, generator, cfg.input_size, rows=rows, batch=self.batch_size
+        )
 
-    def loss(self, heads: nn.ModuleList, feat: torch.Tensor, teacher_feat: torch.Tensor | None, idx: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def loss(
+        self,
+        heads: nn.ModuleList,
+        feat: torch.Tensor,
+        teacher_feat: torch.Tensor | None,
+        idx: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -161,7 +170,9 @@ def build_method(cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: in
     return METHODS[cfg.method](cfg, group_of, n_groups, seed)
 
 
-def mixed_scale_sets(batch_group: torch.Tensor, n_groups: int, share: float, generator: torch.Generator) -> list[torch.Tensor]:
+def mixed_scale_sets(
+    batch_group: torch.Tensor, n_groups: int, share: float, generator: torch.Generator
+) -> list[torch.Tensor]:
     """Crop rows of each group's training set: its own crops plus ``share`` of each smaller group's.
 
     Group m trains on its k-NN crops and on a random ceil(share * n_j) crops of every group j < m
@@ -224,13 +235,17 @@ def ugcml_terms(
         crop = torch.where(valid, pos % n, -1 - pos).to(dev)  # padding: ids no other position has
         valid = valid.to(dev)
         h, l = h_all[idx], l_all[idx]
-        w = teacher_weights(teacher_feat[rows[idx]], cfg.sigma, cfg.context_k, crop[:, :, None] == crop[:, None, :], valid)
+        w = teacher_weights(
+            teacher_feat[rows[idx]], cfg.sigma, cfg.context_k, crop[:, :, None] == crop[:, None, :], valid
+        )
         d_h, d_l = embedding_distances(h, valid), embedding_distances(l, valid)  # each once, for eq. 3 and eq. 4
         terms["rc_h"] = relaxed_contrastive_on_distances(d_h, w, cfg.delta, valid).sum()  # eq. 4 on h_m
         terms["rc_l"] = relaxed_contrastive_on_distances(d_l, w, cfg.delta, valid).sum()  # eq. 4 on l_m
         terms["self_distill"] = self_distillation_on_distances(d_h, d_l, valid).sum()  # eq. 3
     if centroids is not None and len(sets) > 1:
-        terms["ckd"] = collaborative_distillation(l_all, *_shared_rows(sets, sizes, start, len(batch_group), dev), centroids, cfg.ckd_tau)  # eq. 2
+        terms["ckd"] = collaborative_distillation(
+            l_all, *_shared_rows(sets, sizes, start, len(batch_group), dev), centroids, cfg.ckd_tau
+        )  # eq. 2
     terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
     return terms
 

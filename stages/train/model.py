@@ -30,7 +30,13 @@ class StudentModel(nn.Module):
     """Backbone with ``n_heads`` embedding heads; ``n_heads = 0`` embeds with the pooled feature."""
 
     def __init__(
-        self, backbone: nn.Module, n_heads: int, teacher_dim: int, embed_dim: int, input_size: int, embed_head: str = "mean"
+        self,
+        backbone: nn.Module,
+        n_heads: int,
+        teacher_dim: int,
+        embed_dim: int,
+        input_size: int,
+        embed_head: str = "mean",
     ):
         super().__init__()
         if embed_head not in ("first", "mean"):
@@ -158,8 +164,14 @@ def load_model(path: Path) -> tuple[StudentModel, dict]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
     model = build_student(
-        meta["backbone"], meta["n_heads"], meta["teacher_dim"], meta["embed_dim"], meta["input_size"],
-        pretrained=False, embed_head=meta.get("embed_head", "first"), options=meta_options(meta),
+        meta["backbone"],
+        meta["n_heads"],
+        meta["teacher_dim"],
+        meta["embed_dim"],
+        meta["input_size"],
+        pretrained=False,
+        embed_head=meta.get("embed_head", "first"),
+        options=meta_options(meta),
     )
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta

@@ -105,8 +105,21 @@ def _adam_(
             step_tensor = torch.full((), float(step), device=targets[0].device)
         steps = [step_tensor] * len(targets)
         kernel = torch._fused_adamw_ if weight_decay else torch._fused_adam_
-        kernel(targets, grads, exp_avg, exp_avg_sq, [], steps, lr=lr, beta1=beta1, beta2=beta2,
-               weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+        kernel(
+            targets,
+            grads,
+            exp_avg,
+            exp_avg_sq,
+            [],
+            steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=weight_decay,
+            eps=eps,
+            amsgrad=False,
+            maximize=False,
+        )
         return
     torch._foreach_lerp_(exp_avg, grads, 1 - beta1)  # m <- beta1 m + (1 - beta1) g
     torch._foreach_mul_(exp_avg_sq, beta2)
@@ -123,8 +136,12 @@ def _adam_(
 class AdamP(Optimizer):
     """Drop-in for ``adamp.AdamP`` (same arguments, same state keys: step, exp_avg, exp_avg_sq)."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, delta=0.1, wd_ratio=0.1, nesterov=False):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio, nesterov=nesterov)
+    def __init__(
+        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, delta=0.1, wd_ratio=0.1, nesterov=False
+    ):
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio, nesterov=nesterov
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

@@ -53,7 +53,9 @@ class Runtime:
     def rows(self, n: int) -> tuple[int, int]:
         """This rank's slice [lo, hi) of a global batch of n crops (n divisible by the world)."""
         if n % self.world:
-            raise ValueError(f"train: the global batch ({n} crops) must be divisible by the {self.world} processes (train.nproc)")
+            raise ValueError(
+                f"train: the global batch ({n} crops) must be divisible by the {self.world} processes (train.nproc)"
+            )
         b = n // self.world
         return self.rank * b, (self.rank + 1) * b
 

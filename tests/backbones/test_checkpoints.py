@@ -61,8 +61,14 @@ def vit_b_shapes(prefix: str = "", dim: int = 768, depth: int = 12, patch: int =
 
 def mocov3_projector_shapes(prefix: str, dim: int = 768, mlp: int = 4096, out: int = 256) -> dict:
     """MoCo-v3 ``_build_mlp(3, 768, 4096, 256)``: Linear(no bias), BN, ReLU, Linear, BN, ReLU, Linear, BN(affine=False)."""
-    bn = lambda p, n, affine=True: ({f"{p}.weight": (n,), f"{p}.bias": (n,)} if affine else {}) | {  # noqa: E731
-        f"{p}.running_mean": (n,), f"{p}.running_var": (n,), f"{p}.num_batches_tracked": ()}
+    bn = lambda p, n, affine=True: (
+        ({f"{p}.weight": (n,), f"{p}.bias": (n,)} if affine else {})
+        | {  # noqa: E731
+            f"{p}.running_mean": (n,),
+            f"{p}.running_var": (n,),
+            f"{p}.num_batches_tracked": (),
+        }
+    )
     return ({f"{prefix}0.weight": (mlp, dim)} | bn(f"{prefix}1", mlp) | {f"{prefix}3.weight": (mlp, mlp)}
             | bn(f"{prefix}4", mlp) | {f"{prefix}6.weight": (out, mlp)} | bn(f"{prefix}7", out, affine=False))  # fmt: skip
 
@@ -198,7 +204,9 @@ def test_vit_b16_mocov3_linear_probe_checkpoint(tmp_path):
     f = net(x)
     assert f.shape == (1, 768)
     logits = imagenet_classifier("vit_b16", weights=path)(x)
-    torch.testing.assert_close(logits, F.linear(f, sd["module.head.weight"], sd["module.head.bias"]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        logits, F.linear(f, sd["module.head.weight"], sd["module.head.bias"]), rtol=1e-4, atol=1e-5
+    )
 
 
 # --- ViT-B/16: CLIP -----------------------------------------------------------------------------
@@ -207,7 +215,7 @@ def test_vit_b16_mocov3_linear_probe_checkpoint(tmp_path):
 def clip_visual_reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """OpenAI CLIP ``VisionTransformer.forward`` on normalised ``x``, straight from the state dict:
     patchify conv, class token, positions, ln_pre, 12 pre-norm blocks (QuickGELU), ln_post, proj."""
-    v = {k[len("visual."):]: t.float() for k, t in sd.items() if k.startswith("visual.")}
+    v = {k[len("visual.") :]: t.float() for k, t in sd.items() if k.startswith("visual.")}
     width = v["class_embedding"].shape[0]
     h = F.conv2d(x, v["conv1.weight"], stride=v["conv1.weight"].shape[-1]).flatten(2).transpose(1, 2)
     h = torch.cat([v["class_embedding"].expand(len(x), 1, width), h], dim=1) + v["positional_embedding"]
@@ -220,7 +228,11 @@ def clip_visual_reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch
             v[p + "attn.out_proj.weight"], v[p + "attn.out_proj.bias"], training=False, need_weights=False,
         )  # fmt: skip
         h = h + a.transpose(0, 1)
-        m = F.linear(F.layer_norm(h, (width,), v[p + "ln_2.weight"], v[p + "ln_2.bias"]), v[p + "mlp.c_fc.weight"], v[p + "mlp.c_fc.bias"])
+        m = F.linear(
+            F.layer_norm(h, (width,), v[p + "ln_2.weight"], v[p + "ln_2.bias"]),
+            v[p + "mlp.c_fc.weight"],
+            v[p + "mlp.c_fc.bias"],
+        )
         h = h + F.linear(m * torch.sigmoid(1.702 * m), v[p + "mlp.c_proj.weight"], v[p + "mlp.c_proj.bias"])
     return F.layer_norm(h[:, 0], (width,), v["ln_post.weight"], v["ln_post.bias"]) @ v["proj"]
 
@@ -269,7 +281,9 @@ def test_vit_b16_clip_reads_openai_torchscript_archive(tmp_path):
     _torchscript_archive(sd16, path)
     net = build_backbone("vit_b16", weights=path, init="clip")
     own = net.model.state_dict()
-    torch.testing.assert_close(own["blocks.3.attn.qkv.weight"], sd16["visual.transformer.resblocks.3.attn.in_proj_weight"].float())
+    torch.testing.assert_close(
+        own["blocks.3.attn.qkv.weight"], sd16["visual.transformer.resblocks.3.attn.in_proj_weight"].float()
+    )
     torch.testing.assert_close(own["head.weight"], sd16["visual.proj"].float().t())
     assert own["head.weight"].dtype == torch.float32
 
@@ -332,12 +346,16 @@ def test_googlenet_loads_torchvision_checkpoint(tmp_path):
     torch.save(sd, path)
     net = build_backbone("googlenet", weights=path)
     assert net.spec.feature_dim == 2048
-    assert torch.equal(net.model.state_dict()["inception5b.branch4.1.conv.weight"], sd["inception5b.branch4.1.conv.weight"])
+    assert torch.equal(
+        net.model.state_dict()["inception5b.branch4.1.conv.weight"], sd["inception5b.branch4.1.conv.weight"]
+    )
     x = torch.rand(2, 3, SMALL, SMALL)
     assert net(x).shape == (2, 2048)
     ref.load_state_dict(sd)
     ref.eval()
-    torch.testing.assert_close(imagenet_classifier("googlenet", weights=path)(x), ref(net.normalise(x)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        imagenet_classifier("googlenet", weights=path)(x), ref(net.normalise(x)), rtol=1e-4, atol=1e-4
+    )
 
 
 @torch.no_grad()
@@ -348,7 +366,9 @@ def test_resnet50_loads_timm_checkpoint(tmp_path):
     path = tmp_path / "resnet50.pth"
     torch.save(sd, path)
     net = build_backbone("resnet50", weights=path)
-    assert net.spec.feature_dim == 2048 and torch.equal(net.model.state_dict()["layer4.2.conv3.weight"], sd["layer4.2.conv3.weight"])
+    assert net.spec.feature_dim == 2048 and torch.equal(
+        net.model.state_dict()["layer4.2.conv3.weight"], sd["layer4.2.conv3.weight"]
+    )
     assert net(torch.rand(1, 3, SMALL, SMALL)).shape == (1, 2048)
     with pytest.raises(ValueError) as err:
         build_backbone("googlenet", weights=path)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stages.backbones import BACKBONES, build_from_options, check_init, default_lr, learning_rate, lookup
-from stages.config import BackboneOptions, ParamsError, Params, load_params
+from stages.config import BackboneOptions, Params, ParamsError, load_params
 
 
 def test_default_learning_rates_are_the_papers():
@@ -36,7 +36,10 @@ def _params(tmp_path, text: str) -> Params:
 
 
 def test_params_backbone_options_validated(tmp_path):
-    p = _params(tmp_path, "backbone_options:\n  vit_b16: {init: clip, weights: w/ViT-B-16.pt, lr: 1.0e-5}\n  timm:resnet18: {init: none}\n")
+    p = _params(
+        tmp_path,
+        "backbone_options:\n  vit_b16: {init: clip, weights: w/ViT-B-16.pt, lr: 1.0e-5}\n  timm:resnet18: {init: none}\n",
+    )
     assert p.backbone_options["vit_b16"] == BackboneOptions(weights="w/ViT-B-16.pt", init="clip", lr=1e-5)
     assert Params().backbone_options == {}
 

@@ -86,7 +86,15 @@ def test_clip():
 
 def test_valid_boxes():
     b = np.array(
-        [[0, 0, 1, 1], [0, 0, 0.5, 3], [0, 0, 3, 0.5], [np.nan, 0, 3, 3], [0, 0, np.inf, 3], [3, 3, 1, 1], [0, 0, 4, 4]],
+        [
+            [0, 0, 1, 1],
+            [0, 0, 0.5, 3],
+            [0, 0, 3, 0.5],
+            [np.nan, 0, 3, 3],
+            [0, 0, np.inf, 3],
+            [3, 3, 1, 1],
+            [0, 0, 4, 4],
+        ],
         float,
     )
     np.testing.assert_array_equal(valid_boxes(b), [True, False, False, False, False, False, True])

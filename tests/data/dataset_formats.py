@@ -14,21 +14,86 @@ import numpy as np
 
 # The 80 COCO 2017 categories (ids as in instances_*2017.json).
 COCO_CATEGORIES: list[tuple[int, str]] = [
-    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"),
-    (7, "train"), (8, "truck"), (9, "boat"), (10, "traffic light"), (11, "fire hydrant"),
-    (13, "stop sign"), (14, "parking meter"), (15, "bench"), (16, "bird"), (17, "cat"), (18, "dog"),
-    (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"), (24, "zebra"),
-    (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"),
-    (33, "suitcase"), (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"),
-    (38, "kite"), (39, "baseball bat"), (40, "baseball glove"), (41, "skateboard"),
-    (42, "surfboard"), (43, "tennis racket"), (44, "bottle"), (46, "wine glass"), (47, "cup"),
-    (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"), (53, "apple"),
-    (54, "sandwich"), (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"),
-    (59, "pizza"), (60, "donut"), (61, "cake"), (62, "chair"), (63, "couch"), (64, "potted plant"),
-    (65, "bed"), (67, "dining table"), (70, "toilet"), (72, "tv"), (73, "laptop"), (74, "mouse"),
-    (75, "remote"), (76, "keyboard"), (77, "cell phone"), (78, "microwave"), (79, "oven"),
-    (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"),
-    (87, "scissors"), (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush"),
+    (1, "person"),
+    (2, "bicycle"),
+    (3, "car"),
+    (4, "motorcycle"),
+    (5, "airplane"),
+    (6, "bus"),
+    (7, "train"),
+    (8, "truck"),
+    (9, "boat"),
+    (10, "traffic light"),
+    (11, "fire hydrant"),
+    (13, "stop sign"),
+    (14, "parking meter"),
+    (15, "bench"),
+    (16, "bird"),
+    (17, "cat"),
+    (18, "dog"),
+    (19, "horse"),
+    (20, "sheep"),
+    (21, "cow"),
+    (22, "elephant"),
+    (23, "bear"),
+    (24, "zebra"),
+    (25, "giraffe"),
+    (27, "backpack"),
+    (28, "umbrella"),
+    (31, "handbag"),
+    (32, "tie"),
+    (33, "suitcase"),
+    (34, "frisbee"),
+    (35, "skis"),
+    (36, "snowboard"),
+    (37, "sports ball"),
+    (38, "kite"),
+    (39, "baseball bat"),
+    (40, "baseball glove"),
+    (41, "skateboard"),
+    (42, "surfboard"),
+    (43, "tennis racket"),
+    (44, "bottle"),
+    (46, "wine glass"),
+    (47, "cup"),
+    (48, "fork"),
+    (49, "knife"),
+    (50, "spoon"),
+    (51, "bowl"),
+    (52, "banana"),
+    (53, "apple"),
+    (54, "sandwich"),
+    (55, "orange"),
+    (56, "broccoli"),
+    (57, "carrot"),
+    (58, "hot dog"),
+    (59, "pizza"),
+    (60, "donut"),
+    (61, "cake"),
+    (62, "chair"),
+    (63, "couch"),
+    (64, "potted plant"),
+    (65, "bed"),
+    (67, "dining table"),
+    (70, "toilet"),
+    (72, "tv"),
+    (73, "laptop"),
+    (74, "mouse"),
+    (75, "remote"),
+    (76, "keyboard"),
+    (77, "cell phone"),
+    (78, "microwave"),
+    (79, "oven"),
+    (80, "toaster"),
+    (81, "sink"),
+    (82, "refrigerator"),
+    (84, "book"),
+    (85, "clock"),
+    (86, "vase"),
+    (87, "scissors"),
+    (88, "teddy bear"),
+    (89, "hair drier"),
+    (90, "toothbrush"),
 ]
 
 
@@ -40,7 +105,12 @@ def write_jpg(path: Path, width: int, height: int, seed: int) -> None:
 
 
 def write_coco(
-    root: Path, name: str, image_ids: list[int], boxes_per_image: list[int], crowd: set[int] = frozenset(), seed: int = 0
+    root: Path,
+    name: str,
+    image_ids: list[int],
+    boxes_per_image: list[int],
+    crowd: set[int] = frozenset(),
+    seed: int = 0,
 ) -> dict:
     """``root/annotations/instances_<name>.json`` + ``root/<name>/<id:012d>.jpg`` (COCO 2017 layout).
 
@@ -52,23 +122,46 @@ def write_coco(
         w, h = int(rng.integers(48, 80)), int(rng.integers(40, 64))
         fname = f"{iid:012d}.jpg"
         write_jpg(root / name / fname, w, h, seed=iid)
-        images.append({"id": iid, "file_name": fname, "width": w, "height": h,
-                       "coco_url": f"http://images.cocodataset.org/{name}/{fname}"})
+        images.append(
+            {
+                "id": iid,
+                "file_name": fname,
+                "width": w,
+                "height": h,
+                "coco_url": f"http://images.cocodataset.org/{name}/{fname}",
+            }
+        )
         for _ in range(nb):
             aid = len(anns) + 1 + 100_000 * seed
             bw, bh = float(rng.integers(4, w // 2)), float(rng.integers(4, h // 2))
             x, y = float(rng.integers(0, w - bw)), float(rng.integers(0, h - bh))
             cat = COCO_CATEGORIES[int(rng.integers(len(COCO_CATEGORIES)))][0]
-            anns.append({"id": aid, "image_id": iid, "category_id": cat, "bbox": [x, y, bw, bh],
-                         "area": bw * bh, "iscrowd": int(aid in crowd), "segmentation": []})
-    data = {"info": {}, "licenses": [], "images": images, "annotations": anns,
-            "categories": [{"id": i, "name": n, "supercategory": "x"} for i, n in COCO_CATEGORIES]}
+            anns.append(
+                {
+                    "id": aid,
+                    "image_id": iid,
+                    "category_id": cat,
+                    "bbox": [x, y, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": int(aid in crowd),
+                    "segmentation": [],
+                }
+            )
+    data = {
+        "info": {},
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i, "name": n, "supercategory": "x"} for i, n in COCO_CATEGORIES],
+    }
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     (root / "annotations" / f"instances_{name}.json").write_text(json.dumps(data))
     return data
 
 
-def voc_xml(filename: str, width: int, height: int, objects: list[tuple[str, int, tuple[float, float, float, float]]]) -> ET.ElementTree:
+def voc_xml(
+    filename: str, width: int, height: int, objects: list[tuple[str, int, tuple[float, float, float, float]]]
+) -> ET.ElementTree:
     """A VOC annotation: objects are (class, difficult, (xmin, ymin, xmax, ymax)) 1-based."""
     ann = ET.Element("annotation")
     ET.SubElement(ann, "folder").text = "VOC2007"

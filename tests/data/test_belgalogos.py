@@ -7,8 +7,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-
 from dataset_formats import write_jpg
+
 from stages.config import BelgaLogosParams
 from stages.data import belgalogos
 from stages.data.table import DatasetError
@@ -63,11 +63,15 @@ def test_gallery_queries_and_ground_truth(belga):
     assert len(queries) == 5 and len(labels) == 7
     name_of = {i["id"]: Path(i["file_name"]).name for i in test["images"]}
     got = sorted((cats[a["category_id"]], name_of[a["image_id"]], tuple(a["bbox"])) for a in queries)
-    assert got == sorted([
-        ("Adidas", IMAGES[0], (10, 12, 30, 18)), ("ELeclerc", IMAGES[1], (30, 20, 40, 24)),
-        ("Nike", IMAGES[4], (50, 40, 40, 20)), ("US_President", IMAGES[5], (8, 8, 40, 32)),
-        ("Adidas-text", IMAGES[6], (2, 3, 28, 9)),
-    ])
+    assert got == sorted(
+        [
+            ("Adidas", IMAGES[0], (10, 12, 30, 18)),
+            ("ELeclerc", IMAGES[1], (30, 20, 40, 24)),
+            ("Nike", IMAGES[4], (50, 40, 40, 20)),
+            ("US_President", IMAGES[5], (8, 8, 40, 32)),
+            ("Adidas-text", IMAGES[6], (2, 3, 28, 9)),
+        ]
+    )
     # image-level truth: which images contain each logo
     has = {}
     for a in labels:
@@ -81,7 +85,9 @@ def test_junk_instances_optional(belga):
 
 
 def test_errors_name_the_file(belga, tmp_path, caplog):
-    with pytest.raises(DatasetError, match=r"qset3_internal_and_local\.gt not found: expected the BelgaLogos local ground truth"):
+    with pytest.raises(
+        DatasetError, match=r"qset3_internal_and_local\.gt not found: expected the BelgaLogos local ground truth"
+    ):
         belgalogos.build(BelgaLogosParams(root=str(tmp_path)))
     bad = tmp_path / "unknown"
     _write(bad, queries=QUERIES + [("Pepsi1", IMAGES[0], 1, 1, 9, 9)])

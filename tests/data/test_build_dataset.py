@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from dataset_formats import write_coco, write_voc
+
 from stages.config import Params
 from stages.data import SOURCES, build_dataset, write_dataset
 from stages.data.table import DatasetError, load_split
@@ -30,8 +30,9 @@ def test_coco_voc_written_and_read_back(tmp_path):
     write_coco(coco, "train2017", [1, 2, 3, 4], [2, 1, 0, 3])
     write_coco(coco, "val2017", [7, 8], [1, 2], seed=1)
     write_voc(voc, {"trainval": [11, 12], "test": [21]})
-    params = _params(coco_voc={"coco_root": str(coco), "voc_root": str(voc), "val_images": 2,
-                               "include_difficult": False})
+    params = _params(
+        coco_voc={"coco_root": str(coco), "voc_root": str(voc), "val_images": 2, "include_difficult": False}
+    )
     splits = build_dataset("coco_voc", params, tmp_path / "out")
     paths = write_dataset(splits, tmp_path / "out")
     assert [p.name for p in paths] == ["train.json", "val.json", "test.json"]

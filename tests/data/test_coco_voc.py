@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dataset_formats import COCO_CATEGORIES, write_coco, write_voc
+
 from stages.config import CocoVocParams
 from stages.data import coco_voc
 from stages.data.coco_voc import VOC_ID_OFFSET, voc_category_ids, voc_image_id
@@ -161,7 +161,10 @@ def test_missing_annotation_file_names_it(roots, tmp_path):
     coco, voc, _ = roots
     (tmp_path / "annotations").mkdir()
     cfg = CocoVocParams(coco_root=str(tmp_path), voc_root=str(voc))
-    with pytest.raises(DatasetError, match=r"instances_train2017\.json not found: expected COCO 2017 annotations under coco_root/annotations/"):
+    with pytest.raises(
+        DatasetError,
+        match=r"instances_train2017\.json not found: expected COCO 2017 annotations under coco_root/annotations/",
+    ):
         coco_voc.build(cfg, seed=0, progress=False)
     with pytest.raises(DatasetError, match=r"data\.coco_voc\.coco_root is not set"):
         coco_voc.build(CocoVocParams(voc_root=str(voc)), seed=0, progress=False)
@@ -176,7 +179,9 @@ def test_malformed_files_are_named(roots, tmp_path):
     (bad / "annotations" / "instances_train2017.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"instances_train2017\.json is not valid JSON"):
         coco_voc.build(CocoVocParams(coco_root=str(bad), voc_root=str(voc)), seed=0, progress=False)
-    (bad / "annotations" / "instances_train2017.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
+    (bad / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []})
+    )
     with pytest.raises(DatasetError, match=r"instances_train2017\.json: malformed COCO entry \(KeyError: 'width'\)"):
         coco_voc.build(CocoVocParams(coco_root=str(bad), voc_root=str(voc)), seed=0, progress=False)
 
@@ -210,7 +215,9 @@ def test_missing_image_is_skipped_with_a_warning(roots, tmp_path, caplog):
     for f in kept:
         os.symlink(coco / "val2017" / f, copy / "val2017" / f)
     with caplog.at_level(logging.WARNING):
-        out = coco_voc.build(CocoVocParams(coco_root=str(copy), voc_root=str(voc), val_images=0), seed=0, progress=False)
+        out = coco_voc.build(
+            CocoVocParams(coco_root=str(copy), voc_root=str(voc), val_images=0), seed=0, progress=False
+        )
     assert "1 of 8 images not found and skipped (000000000139.jpg" in caplog.text
     assert 139 not in {i["id"] for i in out["test"]["images"]}
     assert not any(a["image_id"] == 139 for a in out["test"]["annotations"])

@@ -8,21 +8,42 @@ import os
 from pathlib import Path
 
 import pytest
-
 from dataset_formats import write_jpg
+
 from stages.config import LvisParams
 from stages.data import lvis
 from stages.data.table import DatasetError
 
 CATEGORIES = [
-    {"id": i + 1, "name": n, "synset": f"{n}.n.01", "synonyms": [n], "def": "", "frequency": f,
-     "image_count": 1, "instance_count": 1}
-    for i, (n, f) in enumerate([("aerosol_can", "c"), ("air_conditioner", "f"), ("airplane", "f"),
-                                ("alarm_clock", "f"), ("alcohol", "r"), ("zucchini", "c")])
+    {
+        "id": i + 1,
+        "name": n,
+        "synset": f"{n}.n.01",
+        "synonyms": [n],
+        "def": "",
+        "frequency": f,
+        "image_count": 1,
+        "instance_count": 1,
+    }
+    for i, (n, f) in enumerate(
+        [
+            ("aerosol_can", "c"),
+            ("air_conditioner", "f"),
+            ("airplane", "f"),
+            ("alarm_clock", "f"),
+            ("alcohol", "r"),
+            ("zucchini", "c"),
+        ]
+    )
 ]
 # (id, folder, width, height, boxes)
-IMAGES = [(397133, "val2017", 64, 48, 3), (37777, "val2017", 60, 40, 0), (252219, "val2017", 70, 50, 2),
-          (9, "train2017", 64, 48, 4), (25, "train2017", 50, 40, 1)]
+IMAGES = [
+    (397133, "val2017", 64, 48, 3),
+    (37777, "val2017", 60, 40, 0),
+    (252219, "val2017", 70, 50, 2),
+    (9, "train2017", 64, 48, 4),
+    (25, "train2017", 50, 40, 1),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +54,32 @@ def lvis_files(tmp_path_factory) -> tuple[Path, Path]:
     for iid, folder, w, h, nb in IMAGES:
         fname = f"{iid:012d}.jpg"
         write_jpg(coco / folder / fname, w, h, seed=iid)
-        images.append({"id": iid, "coco_url": f"http://images.cocodataset.org/{folder}/{fname}", "width": w,
-                       "height": h, "neg_category_ids": [], "not_exhaustive_category_ids": [], "license": 1})
+        images.append(
+            {
+                "id": iid,
+                "coco_url": f"http://images.cocodataset.org/{folder}/{fname}",
+                "width": w,
+                "height": h,
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+                "license": 1,
+            }
+        )
         for k in range(nb):
-            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": 1 + (len(anns) % 6),
-                         "bbox": [1.0 + k, 2.0, 10.0, 8.0], "area": 80.0, "segmentation": [[1, 2, 11, 2, 11, 10]]})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": iid,
+                    "category_id": 1 + (len(anns) % 6),
+                    "bbox": [1.0 + k, 2.0, 10.0, 8.0],
+                    "area": 80.0,
+                    "segmentation": [[1, 2, 11, 2, 11, 10]],
+                }
+            )
     path = root / "lvis_v1_val.json"
-    path.write_text(json.dumps({"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": CATEGORIES}))
+    path.write_text(
+        json.dumps({"info": {}, "licenses": [], "images": images, "annotations": anns, "categories": CATEGORIES})
+    )
     return path, coco
 
 

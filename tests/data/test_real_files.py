@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
 from dataset_formats import COCO_CATEGORIES, voc_xml, write_coco
+
 from stages.config import CocoVocParams
 from stages.data import coco_voc
 from stages.data.coco_json import read_coco_instances
@@ -25,7 +25,9 @@ from stages.data.voc_xml import VOC_TO_COCO_NAME, read_voc
 
 def _labelme_examples() -> Path:
     out = subprocess.run(["dpkg", "-L", "labelme-examples"], capture_output=True, text=True)
-    assert out.returncode == 0, "labelme-examples is not installed: run `make test` (it installs it) or apt-get install labelme-examples"
+    assert out.returncode == 0, (
+        "labelme-examples is not installed: run `make test` (it installs it) or apt-get install labelme-examples"
+    )
     ann = next(line for line in out.stdout.splitlines() if line.endswith("data_dataset_coco/annotations.json"))
     return Path(ann).parents[2]  # .../examples
 

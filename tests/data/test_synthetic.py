@@ -149,9 +149,7 @@ def test_size_power_law_is_long_tailed():
 
 
 def test_annotated_boxes_are_long_tailed(tmp_path):
-    cfg = SyntheticParams(
-        image_size=128, objects_per_image=(6, 8), min_object=6, max_object=96, distractors=(0, 1)
-    )
+    cfg = SyntheticParams(image_size=128, objects_per_image=(6, 8), min_object=6, max_object=96, distractors=(0, 1))
     coco = generate_split(cfg, "train", 20, seed=3, out_dir=tmp_path, progress=False)
     sides = np.array([max(a["bbox"][2:]) for a in coco["annotations"]])
     assert len(sides) > 80

@@ -7,16 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dataset_formats import write_jpg
+
 from stages.config import VisualGenomeParams
 from stages.data import visual_genome
 from stages.data.table import DatasetError
 
 N_IMAGES = 12
 # (synsets, names): synset wins; else the lower-cased first name; neither: dropped
-KINDS = [(["tree.n.01"], ["trees"]), ([], ["Man "]), (["man.n.01"], ["guy"]), ([], ["window"]),
-         (["shirt.n.01"], ["shirt"]), ([], ["unique thing"]), ([], [])]
+KINDS = [
+    (["tree.n.01"], ["trees"]),
+    ([], ["Man "]),
+    (["man.n.01"], ["guy"]),
+    ([], ["window"]),
+    (["shirt.n.01"], ["shirt"]),
+    ([], ["unique thing"]),
+    ([], []),
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +35,32 @@ def vg_root(tmp_path_factory) -> tuple[Path, list]:
         folder = "VG_100K" if i % 2 else "VG_100K_2"
         w, h = 120, 90
         write_jpg(root / folder / f"{i}.jpg", w, h, seed=i)
-        image_data.append({"width": w, "height": h, "url": f"https://cs.stanford.edu/people/rak248/{folder}/{i}.jpg",
-                           "image_id": i, "coco_id": None, "flickr_id": None})
+        image_data.append(
+            {
+                "width": w,
+                "height": h,
+                "url": f"https://cs.stanford.edu/people/rak248/{folder}/{i}.jpg",
+                "image_id": i,
+                "coco_id": None,
+                "flickr_id": None,
+            }
+        )
         objs = []
         for k in range(6):
             kind = KINDS[(i + k) % 5] if not (i == 3 and k == 0) else KINDS[5]  # one unique class
             if i == 5 and k == 5:
                 kind = KINDS[6]
             bw, bh = int(rng.integers(8, 60)), int(rng.integers(8, 60))
-            o = {"object_id": 1000 * i + k, "x": int(rng.integers(0, w - bw)), "y": int(rng.integers(0, h - bh)),
-                 "w": bw, "h": bh, "names": kind[1], "synsets": kind[0], "merged_object_ids": []}
+            o = {
+                "object_id": 1000 * i + k,
+                "x": int(rng.integers(0, w - bw)),
+                "y": int(rng.integers(0, h - bh)),
+                "w": bw,
+                "h": bh,
+                "names": kind[1],
+                "synsets": kind[0],
+                "merged_object_ids": [],
+            }
             objs.append(o)
             flat.append((i, o))
         objects.append({"image_id": i, "objects": objs, "image_url": image_data[-1]["url"]})
@@ -78,7 +101,11 @@ def test_query_rule(vg_root):
         counts.setdefault(names[a["category_id"]], set()).add(a["image_id"])
     assert len(counts["unique thing"]) < 2
     assert all(len(counts[names[a["category_id"]]]) >= 2 for a in queries)
-    eligible = [a for a in out["annotations"] if a["bbox"][2] >= 16 and a["bbox"][3] >= 16 and len(counts[names[a["category_id"]]]) >= 2]
+    eligible = [
+        a
+        for a in out["annotations"]
+        if a["bbox"][2] >= 16 and a["bbox"][3] >= 16 and len(counts[names[a["category_id"]]]) >= 2
+    ]
     assert len(queries) == len(eligible)  # max_queries not reached: every eligible box
 
 

@@ -22,7 +22,9 @@ MODEL = "models/efficientnet_lite0"
 def sh(cwd: Path, *args: str) -> str:
     env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    assert res.returncode == 0, (
+        f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
+    )
     return res.stdout + res.stderr
 
 
@@ -66,7 +68,9 @@ def test_repro_runs_the_dag_then_is_a_no_op(repo):
     for name in ("model", "pretrained"):
         for subset in ("all", "known", "unknown", "size_0-20", "size_100+"):
             assert set(metrics[name][subset]) >= {"queries", "O-R@1", "O-mAP", "I-R@1", "I-mAP"}
-        assert metrics[name]["all"]["queries"] == metrics[name]["known"]["queries"] + metrics[name]["unknown"]["queries"]
+        assert (
+            metrics[name]["all"]["queries"] == metrics[name]["known"]["queries"] + metrics[name]["unknown"]["queries"]
+        )
         assert 0 <= metrics[name]["all"]["O-R@1"] <= 100
     assert (repo / "data/groups/area_hist.png").stat().st_size > 1000
     again = sh(repo, "dvc", "repro")
@@ -100,12 +104,35 @@ def test_search_command(repo):
     image = next(im for im in test["images"] if im["id"] == ann["image_id"])
     x, y, w, h = ann["bbox"]
     path = str(repo / DATASET / image["file_name"])
-    out = sh(repo, "python", "-m", "stages", "search", path, "--box", str(x), str(y), str(x + w), str(y + h), "-k", "3", "-o", "hits.png")
+    out = sh(
+        repo,
+        "python",
+        "-m",
+        "stages",
+        "search",
+        path,
+        "--box",
+        str(x),
+        str(y),
+        str(x + w),
+        str(y + h),
+        "-k",
+        "3",
+        "-o",
+        "hits.png",
+    )
     rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 3 and (repo / "hits.png").stat().st_size > 1000
-    bad = subprocess.run([sys.executable, "-m", "stages", "search", path, "--box", "900", "900", "990", "990"], cwd=repo, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "stages", "search", path, "--box", "900", "900", "990", "990"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "outside the image" in bad.stderr and "Traceback" not in bad.stderr
-    missing = subprocess.run([sys.executable, "-m", "stages", "search", "nope.png"], cwd=repo, capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "stages", "search", "nope.png"], cwd=repo, capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "cannot read image" in missing.stderr
 
 
@@ -137,7 +164,16 @@ def test_exp_run_ms_ugcml_trains_one_head_per_group(repo):
 
 
 def test_second_backbone_adds_only_its_own_stages(repo):
-    out = sh(repo, "dvc", "exp", "run", "-S", "backbones=[efficientnet_lite0,resnet50]", "-S", "backbone_options.resnet50.init=none")
+    out = sh(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "backbones=[efficientnet_lite0,resnet50]",
+        "-S",
+        "backbone_options.resnet50.init=none",
+    )
     for stage in ("train@resnet50", "index@resnet50-synthetic", "evaluate@resnet50-synthetic"):
         assert f"Running stage '{stage}'" in out
     for stage in ("data@", "extract@", "splits", "groups", "train@efficientnet_lite0", "evaluate@efficientnet_lite0"):
@@ -147,8 +183,18 @@ def test_second_backbone_adds_only_its_own_stages(repo):
     diff = sh(repo, "dvc", "metrics", "diff", "--all", "--md")
     assert "metrics/resnet50/synthetic.json" in diff and METRICS in diff
     # one backbone's options change: only that backbone's chain reruns
-    out = sh(repo, "dvc", "exp", "run", "-S", "backbones=[efficientnet_lite0,resnet50]", "-S", "backbone_options.resnet50.init=none",
-             "-S", "backbone_options.resnet50.lr=0.001")
+    out = sh(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "backbones=[efficientnet_lite0,resnet50]",
+        "-S",
+        "backbone_options.resnet50.init=none",
+        "-S",
+        "backbone_options.resnet50.lr=0.001",
+    )
     assert "Running stage 'train@resnet50'" in out and "Running stage 'train@efficientnet_lite0'" not in out
     assert json.loads((repo / "models/resnet50/params.json").read_text())["backbone_options"]["resnet50"]["lr"] == 0.001
     sh(repo, "git", "checkout", "--", "params.yaml")

@@ -40,8 +40,16 @@ def _dataset(tmp_path, rng, n_images=12, n_gt=40, n_gallery=300, d=16, with_imag
     xy = rng.uniform(0, 70, (n_gt, 2))
     wh = rng.uniform(4, 40, (n_gt, 2))
     cat_ids = np.array([11, 22, 33, 44, 55])
-    gt = pd.DataFrame({"image_id": rng.choice(image_ids, n_gt), "category_id": rng.choice(cat_ids, n_gt),
-                       "x1": xy[:, 0], "y1": xy[:, 1], "x2": xy[:, 0] + wh[:, 0], "y2": xy[:, 1] + wh[:, 1]})
+    gt = pd.DataFrame(
+        {
+            "image_id": rng.choice(image_ids, n_gt),
+            "category_id": rng.choice(cat_ids, n_gt),
+            "x1": xy[:, 0],
+            "y1": xy[:, 1],
+            "x2": xy[:, 0] + wh[:, 0],
+            "y2": xy[:, 1] + wh[:, 1],
+        }
+    )
     gt["query"] = rng.random(n_gt) > 0.2
     categories = pd.DataFrame({"category_id": cat_ids, "name": NAMES})
     table = ImageTable(images=images, boxes=gt.drop(columns="query").assign(query=gt["query"]), categories=categories)
@@ -71,7 +79,9 @@ def _dataset(tmp_path, rng, n_images=12, n_gt=40, n_gallery=300, d=16, with_imag
     vectors = {}
     for name in ("model", "pretrained"):
         (out / name).mkdir()
-        q_vec = protos[queries["category_id"].to_numpy() % 100] + rng.normal(0, 0.8 if name == "model" else 2.0, (len(queries), d))
+        q_vec = protos[queries["category_id"].to_numpy() % 100] + rng.normal(
+            0, 0.8 if name == "model" else 2.0, (len(queries), d)
+        )
         q_vec = q_vec.astype(np.float32)
         index = faiss.IndexFlatL2(d)
         index.add(g_vec)
@@ -89,9 +99,17 @@ def _in_memory(table, gallery, queries, vectors, tasks, params):
     """The reference: one search of all queries, relevance_matrix and summarize on the whole ranking."""
     cfg = params.evaluate
     gt = ground_truth(table)
-    args = (gallery["image_id"].to_numpy(), gallery[["x1", "y1", "x2", "y2"]].to_numpy(), gt["image_id"].to_numpy(),
-            gt[["x1", "y1", "x2", "y2"]].to_numpy(), gt["category_id"].to_numpy())
-    labels = {"O": relevant_classes(*args, cfg.object_iou, n_classes=56), "I": relevant_classes(*args, ANY_OVERLAP, n_classes=56)}
+    args = (
+        gallery["image_id"].to_numpy(),
+        gallery[["x1", "y1", "x2", "y2"]].to_numpy(),
+        gt["image_id"].to_numpy(),
+        gt[["x1", "y1", "x2", "y2"]].to_numpy(),
+        gt["category_id"].to_numpy(),
+    )
+    labels = {
+        "O": relevant_classes(*args, cfg.object_iou, n_classes=56),
+        "I": relevant_classes(*args, ANY_OVERLAP, n_classes=56),
+    }
     masks = query_masks(queries, known_category_ids(table.categories, tasks))
     fetch = cfg.topk + (int(gallery.groupby("image_id").size().max()) if cfg.exclude_same_image else 0)
     out = {}
@@ -99,8 +117,14 @@ def _in_memory(table, gallery, queries, vectors, tasks, params):
         _, ranked = break_ties(*index.search(q_vec, fetch))
         result = {s: {"queries": int(m.sum())} for s, m in masks.items()}
         for level, lab in labels.items():
-            rel, total = relevance_matrix(ranked, queries["category_id"].to_numpy(), lab, queries["image_id"].to_numpy(),
-                                          gallery["image_id"].to_numpy(), cfg.exclude_same_image)
+            rel, total = relevance_matrix(
+                ranked,
+                queries["category_id"].to_numpy(),
+                lab,
+                queries["image_id"].to_numpy(),
+                gallery["image_id"].to_numpy(),
+                cfg.exclude_same_image,
+            )
             for s, values in summarize(rel[:, : cfg.topk], total, masks).items():
                 result[s].update({f"{level}-{k}": values[k] for k in HEADLINE})
         out[name] = result
@@ -116,11 +140,17 @@ def test_streamed_equals_in_memory(tmp_path, exclude):
     metrics_path = tmp_path / "m" / "metrics.json"
     got = evaluate_index(index_dir, table, tasks, params, metrics_path)
     assert json.loads(metrics_path.read_text()) == got
-    assert got["gallery"] == len(gallery) and got["queries"] == len(queries) < len(table.boxes)  # query: false boxes skipped
+    assert got["gallery"] == len(gallery) and got["queries"] == len(queries) < len(
+        table.boxes
+    )  # query: false boxes skipped
     expected = _in_memory(table, gallery, queries, vectors, tasks, params)
     for name in ("model", "pretrained"):
         assert got[name] == expected[name]
-    assert got["model"]["all"]["O-R@1"] > 0 and got["model"]["known"]["queries"] > 0 and got["model"]["unknown"]["queries"] > 0
+    assert (
+        got["model"]["all"]["O-R@1"] > 0
+        and got["model"]["known"]["queries"] > 0
+        and got["model"]["unknown"]["queries"] > 0
+    )
     # one chunk gives the same numbers as chunks of 7
     assert evaluate_index(index_dir, table, tasks, _params(query_chunk=10_000, exclude_same_image=exclude)) == got
 
@@ -139,8 +169,17 @@ def test_known_classes_matched_by_name_across_datasets():
 
 def test_ground_truth_keeps_non_query_boxes_and_clips():
     images = pd.DataFrame({"image_id": [1], "path": ["x"], "width": [50], "height": [40]})
-    boxes = pd.DataFrame({"image_id": [1, 1], "category_id": [3, 4], "x1": [-5.0, 10], "y1": [0.0, 10], "x2": [60.0, 20],
-                          "y2": [50.0, 20], "query": [True, False]})
+    boxes = pd.DataFrame(
+        {
+            "image_id": [1, 1],
+            "category_id": [3, 4],
+            "x1": [-5.0, 10],
+            "y1": [0.0, 10],
+            "x2": [60.0, 20],
+            "y2": [50.0, 20],
+            "query": [True, False],
+        }
+    )
     gt = ground_truth(ImageTable(images, boxes, pd.DataFrame({"category_id": [3, 4], "name": ["a", "b"]})))
     assert len(gt) == 2 and gt[["x1", "y1", "x2", "y2"]].to_numpy()[0].tolist() == [0, 0, 50, 40]
 
@@ -177,9 +216,10 @@ def test_pictures(tmp_path):
 
 
 def test_tied_distances_rank_lower_row_first_hand_computed():
+    import scipy.sparse as sp
+
     from stages.evaluate.protocol import score_queries
     from stages.metrics.relevance import RelevanceLookup
-    import scipy.sparse as sp
 
     # rows 1 and 3 are the same vector (a tie), row 3 relevant and row 1 not; row 0 far, relevant
     g = np.array([[5, 5], [1, 0], [9, 9], [1, 0]], np.float32)
@@ -187,8 +227,17 @@ def test_tied_distances_rank_lower_row_first_hand_computed():
     index.add(g)
     labels = sp.csr_matrix(np.array([[1], [0], [0], [1]], bool))
     lookups = {"O": RelevanceLookup(labels, np.arange(4))}
-    sc = score_queries(index, np.array([[0, 0], [9, 9]], np.float32), np.array([0, 0]), np.array([-1, -1]), lookups,
-                       topk=4, fetch=4, exclude_same_image=False, chunk=1)
+    sc = score_queries(
+        index,
+        np.array([[0, 0], [9, 9]], np.float32),
+        np.array([0, 0]),
+        np.array([-1, -1]),
+        lookups,
+        topk=4,
+        fetch=4,
+        exclude_same_image=False,
+        chunk=1,
+    )
     pq = sc.per_query["O"]
     # query 0 ranking: 1 (tie, lower row first), 3, 0, 2 -> rel [0, 1, 1, 0]; query 1: 2, 0, then tie 1, 3 -> [0, 1, 0, 1]
     assert pq["R@1"].tolist() == [0, 0] and pq["R@5"].tolist() == [1, 1]

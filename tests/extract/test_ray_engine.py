@@ -16,7 +16,6 @@ from stages.shards import read_objects
 from tests.extract.tiny_sam import TINY_BUILDERS, TINY_PARAMS, save_tiny_checkpoint
 
 
-
 @pytest.fixture(scope="module")
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -65,7 +64,9 @@ def test_graph_on_ray_resumes_and_matches_local(cluster, tmp_path, scenes):
 def test_tiny_sam_on_ray_matches_local(cluster, tmp_path, scenes):
     images = scenes(3)
     checkpoint = save_tiny_checkpoint(tmp_path / "tiny.pth")
-    cfg = ExtractParams(extractor="sam", crop_size=8, engine="ray", sam={"checkpoint": checkpoint, "keep_masks": True, **TINY_PARAMS})
+    cfg = ExtractParams(
+        extractor="sam", crop_size=8, engine="ray", sam={"checkpoint": checkpoint, "keep_masks": True, **TINY_PARAMS}
+    )
     factory = functools.partial(SamExtractor, cfg.sam, builders=TINY_BUILDERS)
     extract_tables({"test": images}, tmp_path / "local", factory(), cfg, "fp")
     extract_tables_ray({"test": images}, tmp_path / "ray", cfg, "fp", factory=factory)

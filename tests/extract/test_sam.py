@@ -20,7 +20,9 @@ def checkpoint(tmp_path_factory):
 
 
 def sam_cfg(checkpoint, **sam):
-    return ExtractParams(extractor="sam", crop_size=16, shard_rows=40, sam={"checkpoint": checkpoint, **TINY_PARAMS, **sam})
+    return ExtractParams(
+        extractor="sam", crop_size=16, shard_rows=40, sam={"checkpoint": checkpoint, **TINY_PARAMS, **sam}
+    )
 
 
 def test_shards_hold_sam_objects_with_stability_and_masks(tmp_path, scenes, checkpoint):
@@ -76,7 +78,9 @@ def test_checkpoint_of_another_model_type_is_named(tmp_path):
 
 def test_real_registry_names_the_released_model_types(tmp_path):
     path = save_tiny_checkpoint(tmp_path / "tiny.pth")
-    with pytest.raises(SamCheckpointError, match=r"not a SAM vit_h checkpoint: vit_h has image encoder width 1280, depth 32 \(vit_h\)"):
+    with pytest.raises(
+        SamCheckpointError, match=r"not a SAM vit_h checkpoint: vit_h has image encoder width 1280, depth 32 \(vit_h\)"
+    ):
         load_sam("vit_h", path)  # segment-anything's registry, built on the meta device only
 
 

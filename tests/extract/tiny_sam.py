@@ -21,9 +21,18 @@ def build_tiny_sam(checkpoint=None, embed_dim: int = DIM, depth: int = 1) -> Sam
     torch.manual_seed(0)
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            img_size=IMG_SIZE, patch_size=PATCH, embed_dim=embed_dim, depth=depth, num_heads=2, mlp_ratio=2.0,
-            out_chans=DIM, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=False, window_size=0, global_attn_indexes=(),
+            img_size=IMG_SIZE,
+            patch_size=PATCH,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=2,
+            mlp_ratio=2.0,
+            out_chans=DIM,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=False,
+            window_size=0,
+            global_attn_indexes=(),
         ),
         prompt_encoder=PromptEncoder(
             embed_dim=DIM, image_embedding_size=(grid, grid), input_image_size=(IMG_SIZE, IMG_SIZE), mask_in_chans=4
@@ -31,7 +40,9 @@ def build_tiny_sam(checkpoint=None, embed_dim: int = DIM, depth: int = 1) -> Sam
         mask_decoder=MaskDecoder(
             transformer_dim=DIM,
             transformer=TwoWayTransformer(depth=1, embedding_dim=DIM, num_heads=2, mlp_dim=64),
-            num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=32,
+            num_multimask_outputs=3,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],

@@ -123,9 +123,14 @@ class _FakeGpuFaiss:
             return index
 
         for name, value in {
-            "StandardGpuResources": object, "GpuClonerOptions": Options, "GpuMultipleClonerOptions": Options,
-            "GpuParameterSpace": ParameterSpace, "get_num_gpus": lambda: n_gpus, "index_cpu_to_gpu": to_gpu,
-            "index_cpu_to_all_gpus": to_all, "index_gpu_to_cpu": lambda index: calls.append(("to_cpu",)) or index,
+            "StandardGpuResources": object,
+            "GpuClonerOptions": Options,
+            "GpuMultipleClonerOptions": Options,
+            "GpuParameterSpace": ParameterSpace,
+            "get_num_gpus": lambda: n_gpus,
+            "index_cpu_to_gpu": to_gpu,
+            "index_cpu_to_all_gpus": to_all,
+            "index_gpu_to_cpu": lambda index: calls.append(("to_cpu",)) or index,
         }.items():
             monkeypatch.setattr(faiss, name, value, raising=False)
 

@@ -26,11 +26,26 @@ class MeanColour:
 
 def _objects(tmp_path, rng, n=53):
     w = ShardWriter(tmp_path / "objects", "test", rows_per_shard=20)
-    crops = [encode_crop(rng.integers(0, 255, (int(rng.integers(4, 30)), int(rng.integers(4, 30)), 3), dtype=np.uint8), "png") for _ in range(n)]
+    crops = [
+        encode_crop(
+            rng.integers(0, 255, (int(rng.integers(4, 30)), int(rng.integers(4, 30)), 3), dtype=np.uint8), "png"
+        )
+        for _ in range(n)
+    ]
     xy = rng.uniform(0, 50, (n, 2))
-    cols = {"object_id": np.arange(n), "image_id": rng.integers(0, 5, n), "split": ["test"] * n, "x1": xy[:, 0], "y1": xy[:, 1],
-            "x2": xy[:, 0] + 5, "y2": xy[:, 1] + 5, "area": np.full(n, 25.0), "score": np.ones(n), "crop": crops,
-            "extractor": ["t"] * n}
+    cols = {
+        "object_id": np.arange(n),
+        "image_id": rng.integers(0, 5, n),
+        "split": ["test"] * n,
+        "x1": xy[:, 0],
+        "y1": xy[:, 1],
+        "x2": xy[:, 0] + 5,
+        "y2": xy[:, 1] + 5,
+        "area": np.full(n, 25.0),
+        "score": np.ones(n),
+        "crop": crops,
+        "extractor": ["t"] * n,
+    }
     w.add(objects_table(cols))
     w.close()
     return crops
@@ -61,10 +76,17 @@ def _table(tmp_path, rng):
         cv2.imwrite(str(p), rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
         paths.append(str(p))
     images = pd.DataFrame({"image_id": [10, 11, 12], "path": paths, "width": 80, "height": 60})
-    boxes = pd.DataFrame({"image_id": [10, 10, 11, 12, 12, 12], "category_id": [1, 2, 1, 3, 3, 2],
-                          "x1": [0.0, 5, 70, 10, 20, 200], "y1": [0.0, 5, 50, 10, 20, 200],
-                          "x2": [20.0, 30, 100, 40, 50, 220], "y2": [20.0, 30, 70, 40, 50, 220],
-                          "query": [True, False, True, True, True, True]})
+    boxes = pd.DataFrame(
+        {
+            "image_id": [10, 10, 11, 12, 12, 12],
+            "category_id": [1, 2, 1, 3, 3, 2],
+            "x1": [0.0, 5, 70, 10, 20, 200],
+            "y1": [0.0, 5, 50, 10, 20, 200],
+            "x2": [20.0, 30, 100, 40, 50, 220],
+            "y2": [20.0, 30, 70, 40, 50, 220],
+            "query": [True, False, True, True, True, True],
+        }
+    )
     return ImageTable(images, boxes, pd.DataFrame({"category_id": [1, 2, 3], "name": ["a", "b", "c"]}))
 
 

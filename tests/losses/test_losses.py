@@ -18,9 +18,7 @@ L = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
 def test_relative_distance_by_hand():
     # row means (self included): (sqrt2 + 2)/3 = 1.138071, (2 sqrt2)/3 = 0.942809
     d = relative_distance(H)
-    expected = torch.tensor(
-        [[0.0, 1.242641, 1.757359], [1.5, 0.0, 1.5], [1.757359, 1.242641, 0.0]]
-    )
+    expected = torch.tensor([[0.0, 1.242641, 1.757359], [1.5, 0.0, 1.5], [1.757359, 1.242641, 0.0]])
     assert torch.allclose(d, expected, atol=1e-5)
 
 
@@ -171,5 +169,5 @@ def test_padded_sets_equal_one_set_at_a_time(k):
     grads = torch.autograd.grad((rc + sd).sum(), hs + ls)
     for i in range(3):
         loss_i = relaxed_contrastive(hs[i], teacher_weights(ts[i], 3.0, k), 1.0) + self_distillation(hs[i], ls[i])
-        for got, ref in zip(grads[i :: 3], torch.autograd.grad(loss_i, [hs[i], ls[i]])):
+        for got, ref in zip(grads[i::3], torch.autograd.grad(loss_i, [hs[i], ls[i]])):
             assert torch.allclose(got, ref, atol=1e-6)

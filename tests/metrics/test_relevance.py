@@ -65,18 +65,20 @@ def test_relevant_classes_threshold_boundary_and_default_classes():
 
 
 def test_relevant_classes_empty():
-    got = relevant_classes(np.array([1, 2]), np.zeros((2, 4)), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0, int), 0.3, n_classes=4)
+    got = relevant_classes(
+        np.array([1, 2]), np.zeros((2, 4)), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0, int), 0.3, n_classes=4
+    )
     assert got.shape == (2, 4) and got.nnz == 0
-    got = relevant_classes(np.zeros(0, int), np.zeros((0, 4)), np.array([1]), np.array([[0, 0, 1, 1.0]]), np.array([1]), 0.3)
+    got = relevant_classes(
+        np.zeros(0, int), np.zeros((0, 4)), np.array([1]), np.array([[0, 0, 1, 1.0]]), np.array([1]), 0.3
+    )
     assert got.shape == (0, 2)
 
 
 # gallery: 6 objects in 3 images; labels (classes 0..2)
 #   g0 img 10 {0}   g1 img 10 {1}   g2 img 20 {0, 1}   g3 img 20 {}   g4 img 30 {0}   g5 img 30 {0}
 GALLERY_IMAGE = np.array([10, 10, 20, 20, 30, 30])
-LABELS = sp.csr_matrix(
-    np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]], dtype=bool)
-)
+LABELS = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]], dtype=bool))
 
 
 def test_relevance_matrix_basic():

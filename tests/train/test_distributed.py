@@ -22,8 +22,20 @@ from stages.train.model import TeacherModel, build_student
 from stages.train.runtime import Runtime
 
 CFG = TrainParams(
-    method="ms_ugcml", steps=3, queries=2, neighbours=2, knn_refresh=2, input_size=32, embed_dim=16,
-    teacher_dim=32, checkpoint_every=2, batch_embed=8, ema=0.9, mix_share=0.5, clusters=3, lr=1e-3,
+    method="ms_ugcml",
+    steps=3,
+    queries=2,
+    neighbours=2,
+    knn_refresh=2,
+    input_size=32,
+    embed_dim=16,
+    teacher_dim=32,
+    checkpoint_every=2,
+    batch_embed=8,
+    ema=0.9,
+    mix_share=0.5,
+    clusters=3,
+    lr=1e-3,
 )
 ANCHOR = CFG.model_copy(update={"method": "ntxent", "ntxent_variant": "anchor"})
 N_GROUPS = 2
@@ -47,13 +59,17 @@ def _one_step_gradients(rt: Runtime) -> dict[str, torch.Tensor]:
     gen = seed_everything(0)
     student = build_student(DEFAULT_BACKBONE, N_GROUPS, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train_mode(True)
     with torch.no_grad():
-        student.heads[1].l.weight.add_(0.1 * torch.randn(student.heads[1].l.weight.shape, generator=torch.Generator().manual_seed(3)))
+        student.heads[1].l.weight.add_(
+            0.1 * torch.randn(student.heads[1].l.weight.shape, generator=torch.Generator().manual_seed(3))
+        )
     teacher = TeacherModel(student).eval()
     method = build_method(CFG, GROUPS, N_GROUPS, 0)
     crops = _crops()
     method.before_step(0, lambda: refresh_embeddings(student, crops, GROUPS, CFG.batch_embed, True, rt), rt)
     backbone = torch.nn.parallel.DistributedDataParallel(student.backbone) if rt.distributed else student.backbone
-    terms = step_terms(rt, method, student, backbone, teacher, BatchLoader(crops, rt.device), torch.from_numpy(method.batch()), gen)
+    terms = step_terms(
+        rt, method, student, backbone, teacher, BatchLoader(crops, rt.device), torch.from_numpy(method.batch()), gen
+    )
     terms["loss"].backward()
     assert terms["ckd"] > 0
     return {n: p.grad.clone() for n, p in student.named_parameters()}
@@ -61,7 +77,9 @@ def _one_step_gradients(rt: Runtime) -> dict[str, torch.Tensor]:
 
 def _worker(rank: int, world: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     dist.init_process_group("gloo")  # train_model joins it (torchrun would have set the same environment)
     try:
         grads = _one_step_gradients(Runtime(torch.device("cpu"), rank=rank, world=world))
@@ -70,8 +88,16 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         resumed = _run(CFG, root + "/ddp_resumed")
         anchor = _run(ANCHOR, root + "/ddp_anchor")
         if rank == 0:
-            torch.save({"grads": grads, "full": full.student.state_dict(), "resumed_from": resumed.resumed_from,
-                        "resumed": resumed.student.state_dict(), "anchor": anchor.student.state_dict()}, root + "/ddp.pt")
+            torch.save(
+                {
+                    "grads": grads,
+                    "full": full.student.state_dict(),
+                    "resumed_from": resumed.resumed_from,
+                    "resumed": resumed.student.state_dict(),
+                    "anchor": anchor.student.state_dict(),
+                },
+                root + "/ddp.pt",
+            )
         assert full.is_main == (rank == 0)
     finally:
         dist.destroy_process_group()

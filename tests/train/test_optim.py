@@ -12,7 +12,9 @@ from stages.train.optim import AdamP
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.Linear(8, 5))
+    m = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.Linear(8, 5)
+    )
     return m
 
 
@@ -29,7 +31,9 @@ def test_same_updates_as_adamp_package(nesterov, host_decides, monkeypatch):
 
     projected = []
     original = optim.scale_invariance
-    monkeypatch.setattr(optim, "scale_invariance", lambda *a: projected.append(bool((r := original(*a))[0] | r[1])) or r)
+    monkeypatch.setattr(
+        optim, "scale_invariance", lambda *a: projected.append(bool((r := original(*a))[0] | r[1])) or r
+    )
     monkeypatch.setattr(optim, "_host_decides", lambda device: host_decides)  # the GPU's path, run on the CPU
     ours, ref = _model(), _model()
     opt_ours = AdamP(ours.parameters(), lr=1e-2, weight_decay=0.01, nesterov=nesterov)
@@ -62,7 +66,9 @@ def test_projection_removes_radial_component():
     test = scale_invariance(w, w.clone(), 0.1, 0.0)  # grad along w: no projection
     assert not bool(test[0] | test[1]) and torch.equal(radial_coefficients(w, u, test, 0.0), torch.zeros(2))
     # rows not orthogonal one by one, but the layer as a whole: the layer view, one coefficient
-    g = torch.tensor([[-4.0, 3.0], [0.5, 1.0]])  # <g, w> per row: 0, 0.5 (cos 0.447); layer: 0.5 / (5.12 * 5.10) = 0.019
+    g = torch.tensor(
+        [[-4.0, 3.0], [0.5, 1.0]]
+    )  # <g, w> per row: 0, 0.5 (cos 0.447); layer: 0.5 / (5.12 * 5.10) = 0.019
     test = scale_invariance(w, g, delta=0.1, eps=0.0)  # channel bound 0.1/sqrt(2) = 0.0707, layer 0.1/2 = 0.05
     assert not bool(test[0]) and bool(test[1])
     coef = radial_coefficients(w, u, test, eps=0.0)  # <w, u> / |w|^2 = (7 + 2) / 26

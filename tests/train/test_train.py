@@ -12,8 +12,16 @@ from stages.train.methods import ugcml_terms
 from stages.train.model import TeacherModel, build_student
 
 CFG = TrainParams(
-    steps=4, queries=2, neighbours=3, knn_refresh=2, input_size=32, embed_dim=16,
-    teacher_dim=32, checkpoint_every=2, batch_embed=64, ema=0.9,
+    steps=4,
+    queries=2,
+    neighbours=3,
+    knn_refresh=2,
+    input_size=32,
+    embed_dim=16,
+    teacher_dim=32,
+    checkpoint_every=2,
+    batch_embed=64,
+    ema=0.9,
 )
 
 
@@ -27,7 +35,9 @@ GROUPS = np.arange(24) % 3
 
 
 def run(tmp_path, crops, stop_after=None, cfg=CFG, n_groups=3, fp="fp"):
-    return train_model(cfg, crops, GROUPS % n_groups, n_groups, 0, tmp_path / "ckpt.pt", tmp_path / "log.tsv", fp, stop_after)
+    return train_model(
+        cfg, crops, GROUPS % n_groups, n_groups, 0, tmp_path / "ckpt.pt", tmp_path / "log.tsv", fp, stop_after
+    )
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, crops):
@@ -64,7 +74,9 @@ def test_gradients_reach_backbone_and_every_head(crops):
     cfg = CFG.model_copy(update={"method": "ms_ugcml", "mix_share": 0.5})
     with torch.no_grad():
         t = teacher(views)
-    terms = ugcml_terms(student.heads, student.backbone(views), t, torch.arange(9) % 3, cfg, centroids, torch.Generator().manual_seed(0))
+    terms = ugcml_terms(
+        student.heads, student.backbone(views), t, torch.arange(9) % 3, cfg, centroids, torch.Generator().manual_seed(0)
+    )
     assert terms["ckd"] > 0
     terms["loss"].backward()
     for head in student.heads:
@@ -108,18 +120,29 @@ def _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids,
         h, l = head(feat[torch.cat([rows, rows + n])])
         ls.append(l)
         if len(rows) >= 2:
-            w = teacher_weights(teacher_feat[torch.cat([rows, rows + n])], cfg.sigma, cfg.context_k, view_positives(len(rows), 2))
-            rc_h, rc_l, sd = rc_h + relaxed_contrastive(h, w, cfg.delta), rc_l + relaxed_contrastive(l, w, cfg.delta), sd + self_distillation(h, l)
+            w = teacher_weights(
+                teacher_feat[torch.cat([rows, rows + n])], cfg.sigma, cfg.context_k, view_positives(len(rows), 2)
+            )
+            rc_h, rc_l, sd = (
+                rc_h + relaxed_contrastive(h, w, cfg.delta),
+                rc_l + relaxed_contrastive(l, w, cfg.delta),
+                sd + self_distillation(h, l),
+            )
     ckd = []
     for a in range(len(sets)):
         for b in range(a + 1, len(sets)):
             pick = [[(s == c).nonzero().item() for c in sets[a] if c in sets[b]] for s in (sets[a], sets[b])]
-            va, vb = (torch.tensor(p + [i + len(s) for i in p], dtype=torch.long) for p, s in zip(pick, (sets[a], sets[b])))
+            va, vb = (
+                torch.tensor(p + [i + len(s) for i in p], dtype=torch.long) for p, s in zip(pick, (sets[a], sets[b]))
+            )
             ckd.append(ckd_pair(ls[a][va], ls[b][vb], centroids, cfg.ckd_tau))
     return {"rc_h": rc_h, "rc_l": rc_l, "self_distill": sd, "ckd": torch.stack(ckd).mean() if ckd else torch.zeros(())}
 
 
-@pytest.mark.parametrize("groups", [[0, 0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 2, 2, 2, 2, 2], [0] * 6, [0, 1, 1, 1, 2, 2], [1, 1, 1, 2, 2, 3]])
+@pytest.mark.parametrize(
+    "groups",
+    [[0, 0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 2, 2, 2, 2, 2], [0] * 6, [0, 1, 1, 1, 2, 2], [1, 1, 1, 2, 2, 3]],
+)
 def test_batched_terms_equal_the_per_group_reference(groups):
     """The sets' losses computed at once (padded) equal the group-by-group computation, values and
     gradients, with sets of different sizes, a group of one crop and an empty group."""
