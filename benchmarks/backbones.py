@@ -5,7 +5,8 @@ inference (``torch.inference_mode``), fp32, on this CPU:
 
 - ``<name>_img_s``: images/s of ``build_backbone(name)`` (normalisation + pooled feature);
 - ``<name>_wrapper_ratio``: its images/s divided by the images/s of the bare library model with
-  the same weights on the same input (normalised beforehand), the physical reference: timm's model with ``num_classes=0`` (efficientnet_lite0
+  the same weights on the same input (normalised beforehand), the physical reference: timm's model with
+  ``num_classes=0`` (efficientnet_lite0
   = ``tf_efficientnet_lite0``, resnet50, vit_b16 = ``vit_base_patch16_224``, vit_b16_clip =
   ``vit_base_patch16_clip_quickgelu_224`` with its 512-d projection), torchvision's ``googlenet``
   (with its own pooling and fc), and for mit_b2 segmentation-models-pytorch's port of the
@@ -130,7 +131,8 @@ def main() -> None:
         ratios[name] = ratio
         out[f"{name}_repeats"] = reps
         print(
-            f"{name:20s} {size}px  wrapper {w_ips:7.2f} img/s  bare {b_ips:7.2f} img/s  ratio {ratio:.3f}  ({reps} reps)",
+            f"{name:20s} {size}px  wrapper {w_ips:7.2f} img/s  bare {b_ips:7.2f} img/s  "
+            f"ratio {ratio:.3f}  ({reps} reps)",
             flush=True,
         )
         del wrapper, bare

@@ -7,7 +7,8 @@ stage's extraction (``extract_dataset``: shards and manifest written) with
 Throughput = images / time from the first extractor call (on any worker) to the last image
 received by the driver, so the cluster start-up (`ray_startup_s`, reported apart) and the
 actors' start-up (`ray_actor_startup_s`: time to the first extractor call; it includes one warm-up
-call per worker, which imports torchvision for the box NMS) are excluded.  `ray_scaling_2workers` = throughput 2 workers / 1 worker (target
+call per worker, which imports torchvision for the box NMS) are excluded.
+`ray_scaling_2workers` = throughput 2 workers / 1 worker (target
 >= 1.6 on 2 cores); `ray_over_local` = Ray 2 workers / local engine (target >= 1.0).
 
 Merges its keys into benchmarks/results/scale_out.json (other keys of that file are kept).

@@ -137,7 +137,7 @@ def main() -> None:
     crops = (torch.rand(4096, 3, CFG.input_size, CFG.input_size) * 255).to(torch.uint8)
     result: dict = {}
     for g in (1, 4, 8):
-        rounds(f"step_ratio_g{g}", lambda: step_ratio(g, crops), result)
+        rounds(f"step_ratio_g{g}", lambda g=g: step_ratio(g, crops), result)
     # the heads' and the optimiser's cost per step does not grow with the input size, the backbone's does
     big = CFG.model_copy(update={"input_size": 128})
     crops_big = (torch.rand(1024, 3, big.input_size, big.input_size) * 255).to(torch.uint8)

@@ -89,7 +89,8 @@ class LvisParams(_Strict):
     )
     coco_folders: tuple[str, ...] = Field(
         ("val2017",),
-        description="keep images whose coco_url folder is listed (train2017 ones overlap COCO+VOC training); empty: all",
+        description="keep images whose coco_url folder is listed (train2017 ones overlap COCO+VOC training); "
+        "empty: all",
     )
     drop_unannotated: bool = Field(True, description="drop images without any LVIS box")
 
@@ -203,7 +204,8 @@ class TrainParams(_Strict):
     lr: float | None = Field(
         None,
         gt=0,
-        description="peak lr of every backbone without backbone_options.<name>.lr; null: each backbone's default (3e-4 efficientnet_lite0, paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)",
+        description="peak lr of every backbone without backbone_options.<name>.lr; null: each backbone's default "
+        "(3e-4 efficientnet_lite0, paper: 1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B)",
     )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamP weight decay")
@@ -276,7 +278,8 @@ class HnswParams(_Strict):
 class IndexParams(_Strict):
     type: Literal["auto", "flat", "ivfpq", "hnsw"] = Field(
         "auto",
-        description="FAISS index: flat (exact), ivfpq (compressed), hnsw (graph); auto = flat up to flat_max objects, ivfpq above",
+        description="FAISS index: flat (exact), ivfpq (compressed), hnsw (graph); "
+        "auto = flat up to flat_max objects, ivfpq above",
     )
     flat_max: int = Field(
         1_000_000, ge=1, description="largest gallery that auto indexes exactly (Flat: 4*d bytes per object)"
@@ -306,7 +309,8 @@ class BackboneOptions(_Strict):
     weights: str | None = Field(None, description="checkpoint file of the init (path; nothing is downloaded)")
     init: Literal["mocov3", "clip", "imagenet", "none", None] = Field(
         None,
-        description="initialisation (vit_b16: mocov3|clip|imagenet|none; others: imagenet|none); null: the backbone's default",
+        description="initialisation (vit_b16: mocov3|clip|imagenet|none; others: imagenet|none); "
+        "null: the backbone's default",
     )
     lr: float | None = Field(
         None,

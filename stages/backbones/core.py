@@ -8,7 +8,8 @@ checkpoint).
 
 Weights are only ever read from local files (``torch.load(..., weights_only=True)``,
 ``safetensors`` files, or the state dict of a TorchScript archive such as OpenAI's CLIP ``.pt``
-files, read with ``torch.jit.load``, which runs no Python pickle code); nothing is downloaded.  :func:`read_state_dict` and :func:`load_checked` turn a missing file or a
+files, read with ``torch.jit.load``, which runs no Python pickle code); nothing is downloaded.
+:func:`read_state_dict` and :func:`load_checked` turn a missing file or a
 checkpoint that does not fit the architecture into a ``FileNotFoundError`` / ``ValueError``
 whose message names both the file and the backbone.
 """

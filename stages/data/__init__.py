@@ -1,4 +1,5 @@
-"""The data stage: materialise a dataset (synthetic, coco_voc, lvis, visual_genome, belgalogos) as COCO-format tables."""
+"""The data stage: materialise a dataset (synthetic, coco_voc, lvis, visual_genome, belgalogos)
+as COCO-format tables."""
 
 from __future__ import annotations
 

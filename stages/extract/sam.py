@@ -65,7 +65,8 @@ def _read_checkpoint(path: Path, model_type: str) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights-only errors have many types
         raise SamCheckpointError(
-            f"cannot read {path} as a SAM {model_type} checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"cannot read {path} as a SAM {model_type} checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
@@ -98,7 +99,8 @@ def load_sam(
         if wrong:
             k = wrong[0]
             details.append(
-                f"{len(wrong)} tensors of another shape, e.g. {k} {tuple(state[k].shape)} instead of {tuple(expected[k])}"
+                f"{len(wrong)} tensors of another shape, "
+                f"e.g. {k} {tuple(state[k].shape)} instead of {tuple(expected[k])}"
             )
         if missing:
             details.append(f"{len(missing)} missing, e.g. {missing[0]}")

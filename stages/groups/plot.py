@@ -18,7 +18,7 @@ def plot_area_histogram(areas: np.ndarray, boundaries: np.ndarray, counts: np.nd
     bins = np.geomspace(sides.min(), sides.max() * 1.001, 40) if sides.max() > sides.min() else 10
     ax.hist(sides, bins=bins, color="#4c72b0", alpha=0.85)
     ax.set_xscale("log")
-    for i, b in enumerate(np.sqrt(boundaries)):
+    for b in np.sqrt(boundaries):
         ax.axvline(b, color="#c44e52", linestyle="--", linewidth=1.5)
         ax.text(b, ax.get_ylim()[1] * 0.95, f" {b:.0f}px", color="#c44e52", va="top", fontsize=8)
     ax.set_xlabel("object size  sqrt(box area)  [px, log scale]")

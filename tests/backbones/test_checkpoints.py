@@ -46,8 +46,12 @@ def random_layout(shapes: dict[str, tuple[int, ...]], seed: int, scale: float = 
 
 def vit_b_shapes(prefix: str = "", dim: int = 768, depth: int = 12, patch: int = 16, tokens: int = 197) -> dict:
     """timm-0.4-style ViT keys, as MoCo-v3's ``vits.py`` (a timm VisionTransformer) saves them."""
-    s = {f"{prefix}cls_token": (1, 1, dim), f"{prefix}pos_embed": (1, tokens, dim),
-         f"{prefix}patch_embed.proj.weight": (dim, 3, patch, patch), f"{prefix}patch_embed.proj.bias": (dim,)}  # fmt: skip
+    s = {
+        f"{prefix}cls_token": (1, 1, dim),
+        f"{prefix}pos_embed": (1, tokens, dim),
+        f"{prefix}patch_embed.proj.weight": (dim, 3, patch, patch),
+        f"{prefix}patch_embed.proj.bias": (dim,),
+    }
     for i in range(depth):
         b = f"{prefix}blocks.{i}."
         s |= {b + "norm1.weight": (dim,), b + "norm1.bias": (dim,),
@@ -60,17 +64,21 @@ def vit_b_shapes(prefix: str = "", dim: int = 768, depth: int = 12, patch: int =
 
 
 def mocov3_projector_shapes(prefix: str, dim: int = 768, mlp: int = 4096, out: int = 256) -> dict:
-    """MoCo-v3 ``_build_mlp(3, 768, 4096, 256)``: Linear(no bias), BN, ReLU, Linear, BN, ReLU, Linear, BN(affine=False)."""
-    bn = lambda p, n, affine=True: (
-        ({f"{p}.weight": (n,), f"{p}.bias": (n,)} if affine else {})
-        | {  # noqa: E731
-            f"{p}.running_mean": (n,),
-            f"{p}.running_var": (n,),
-            f"{p}.num_batches_tracked": (),
-        }
+    """MoCo-v3 ``_build_mlp(3, 768, 4096, 256)``:
+    Linear(no bias), BN, ReLU, Linear, BN, ReLU, Linear, BN(affine=False)."""
+
+    def bn(p: str, n: int, affine: bool = True) -> dict:
+        stats = {f"{p}.running_mean": (n,), f"{p}.running_var": (n,), f"{p}.num_batches_tracked": ()}
+        return ({f"{p}.weight": (n,), f"{p}.bias": (n,)} if affine else {}) | stats
+
+    return (
+        {f"{prefix}0.weight": (mlp, dim)}
+        | bn(f"{prefix}1", mlp)
+        | {f"{prefix}3.weight": (mlp, mlp)}
+        | bn(f"{prefix}4", mlp)
+        | {f"{prefix}6.weight": (out, mlp)}
+        | bn(f"{prefix}7", out, affine=False)
     )
-    return ({f"{prefix}0.weight": (mlp, dim)} | bn(f"{prefix}1", mlp) | {f"{prefix}3.weight": (mlp, mlp)}
-            | bn(f"{prefix}4", mlp) | {f"{prefix}6.weight": (out, mlp)} | bn(f"{prefix}7", out, affine=False))  # fmt: skip
 
 
 def clip_visual_shapes(width: int = 768, layers: int = 12, patch: int = 16, grid: int = 14, embed: int = 512) -> dict:
@@ -165,8 +173,8 @@ def _mocov3_pretrain(tmp_path):
     sd = {}
     for part, seed in (("base_encoder", 3), ("momentum_encoder", 4)):
         sd |= {f"module.{part}.{k}": v for k, v in random_layout(enc, seed).items()}
-    pred = {f"module.predictor.{k}": v for k, v in random_layout(
-        {"0.weight": (4096, 256), "1.weight": (4096,), "1.bias": (4096,), "3.weight": (256, 4096)}, 5).items()}  # fmt: skip
+    predictor = {"0.weight": (4096, 256), "1.weight": (4096,), "1.bias": (4096,), "3.weight": (256, 4096)}
+    pred = {f"module.predictor.{k}": v for k, v in random_layout(predictor, 5).items()}
     ckpt = {"epoch": 300, "arch": "vit_base", "state_dict": sd | pred, "optimizer": {"state": {}, "param_groups": []}}
     path = tmp_path / "vit-b-300ep.pth.tar"
     torch.save(ckpt, path)

@@ -118,7 +118,7 @@ def write_coco(
     """
     rng = np.random.default_rng(seed)
     images, anns = [], []
-    for k, (iid, nb) in enumerate(zip(image_ids, boxes_per_image)):
+    for iid, nb in zip(image_ids, boxes_per_image):
         w, h = int(rng.integers(48, 80)), int(rng.integers(40, 64))
         fname = f"{iid:012d}.jpg"
         write_jpg(root / name / fname, w, h, seed=iid)

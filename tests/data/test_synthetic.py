@@ -125,6 +125,7 @@ def test_train_test_and_seeds_differ(split, tmp_path):
     test = generate_split(CFG, "test", 3, seed=0, out_dir=tmp_path, progress=False)
     other = generate_split(CFG, "train", 3, seed=1, out_dir=tmp_path / "s1", progress=False)
     assert test["images"][0]["file_name"] == "images/test/000001.png"
+    assert other["images"][0]["file_name"] == "images/train/000001.png"
     for i in range(1, 4):
         name = f"{i:06d}.png"
         ref = (out / "images/train" / name).read_bytes()

@@ -239,7 +239,8 @@ def test_tied_distances_rank_lower_row_first_hand_computed():
         chunk=1,
     )
     pq = sc.per_query["O"]
-    # query 0 ranking: 1 (tie, lower row first), 3, 0, 2 -> rel [0, 1, 1, 0]; query 1: 2, 0, then tie 1, 3 -> [0, 1, 0, 1]
+    # query 0 ranking: 1 (tie, lower row first), 3, 0, 2 -> rel [0, 1, 1, 0];
+    # query 1: 2, 0, then tie 1, 3 -> [0, 1, 0, 1]
     assert pq["R@1"].tolist() == [0, 0] and pq["R@5"].tolist() == [1, 1]
     np.testing.assert_allclose(pq["mAP"], [(1 / 2 + 2 / 3) / 2, (1 / 2 + 2 / 4) / 2])
     np.testing.assert_allclose(pq["mAP_std"], [(1 / 2 + 2 / 3) / 2, (1 / 2 + 2 / 4) / 2])  # both relevant returned

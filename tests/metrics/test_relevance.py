@@ -16,7 +16,10 @@ def _random_boxes(rng, n, size=100.0):
 
 def _brute_force(g_img, g_box, t_img, t_box, t_cls, thr, n_classes):
     out = np.zeros((len(g_img), n_classes), dtype=bool)
-    to_xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+
+    def to_xywh(b):
+        return [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+
     for g in range(len(g_img)):
         for t in range(len(t_img)):
             if g_img[g] != t_img[t]:
