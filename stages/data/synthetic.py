@@ -21,6 +21,7 @@ first k images do not depend on how many images are rendered.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -373,6 +374,7 @@ def _composite(
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random RGB colour, float32 (3,)."""
     return rng.uniform(0, 255, size=3).astype(np.float32)
 
 
@@ -429,67 +431,113 @@ def _box_overlap(box: _Box, others: list[_Box]) -> float:
     return worst
 
 
-def _render_scene(cfg: SyntheticParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Paint one scene.
+@dataclass(frozen=True)
+class _Plan:
+    """What a scene paints: the objects' sizes and classes, and the painting sequence."""
 
-    Returns the RGB uint8 image, the int32 instance-id mask (0: background or clutter,
-    k: the k-th labelled object, visible pixels only) and one dict per *kept* object:
-    ``{"instance", "category_id", "bbox" [x, y, w, h], "area", "drawn_area"}``.
-    """
-    size = cfg.image_size
-    table = _class_table(cfg.classes)
-    img = _background(rng, size)
-    inst = np.zeros((size, size), np.int32)
+    sizes: np.ndarray  # longest side of each object's full box, pixels
+    cats: np.ndarray  # class index (0-based) of each object
+    seq: list[tuple[str, int]]  # ("obj", object index) or ("dis", clutter index), in painting order
+    lo: float  # smallest object size (also that of the clutter)
 
-    n_obj = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
-    n_dis = int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))
-    hi = float(min(cfg.max_object, size))
-    lo = float(min(cfg.min_object, hi))
-    sizes = _sample_sizes(rng, n_obj, lo, hi, cfg.scale_alpha)
-    cats = rng.integers(cfg.classes, size=n_obj)
+
+@dataclass
+class _Canvas:
+    """A scene being painted: image, instance ids, and the objects and boxes painted so far."""
+
+    img: np.ndarray  # float32 RGB (size, size, 3)
+    inst: np.ndarray  # int32 (size, size), 0: background or clutter, k: the k-th object
+    objs: list[dict] = field(default_factory=list)  # {"instance", "category_id", "drawn_area"}
+    boxes: list[_Box] = field(default_factory=list)  # full (unoccluded) box of each object
+
+    @property
+    def size(self) -> int:
+        """Side of the square scene in pixels."""
+        return self.img.shape[0]
+
+
+def _paint_order(rng: np.random.Generator, sizes: np.ndarray, n_dis: int) -> list[tuple[str, int]]:
+    """Objects mostly large before small (noisy), with the clutter inserted at random positions."""
     # mostly large objects behind small ones (painter's order with noise) -> partial occlusion
-    order = np.argsort(-(np.log(sizes) + rng.normal(0, 0.35, n_obj)), kind="stable")
+    order = np.argsort(-(np.log(sizes) + rng.normal(0, 0.35, sizes.size)), kind="stable")
     # interleave the clutter at random positions of the painting sequence
     seq = [("obj", int(i)) for i in order]
     for j in range(n_dis):
         seq.insert(int(rng.integers(len(seq) + 1)), ("dis", j))
+    return seq
 
-    objs: list[dict] = []
-    boxes: list[_Box] = []
-    for kind, i in seq:
-        if kind == "dis":
-            x0, y0, mask, tex = _distractor(rng, size, lo, cfg.scale_alpha)
-            _composite(img, inst, x0, y0, mask, tex, 0)
-            continue
-        colour, texture, shape = table[int(cats[i])]
-        aspect = float(np.sqrt(rng.uniform(0.8, 1.2)))  # width/height ratio in [0.8, 1.2]
-        polys, m = _place(_SHAPE_OPS[shape], float(sizes[i]), aspect, float(rng.uniform(0, 2 * np.pi)))
-        allp = np.concatenate([p for p, _ in polys])
-        pmin, pmax = allp.min(0), allp.max(0)
-        best = None
-        for _ in range(8):  # a few tries to avoid hiding earlier objects completely
-            c = rng.uniform(0, size, 2)
-            box = (c[0] + pmin[0], c[1] + pmin[1], c[0] + pmax[0], c[1] + pmax[1])
-            ov = _box_overlap(box, boxes)
-            if best is None or ov < best[0]:
-                best = (ov, c, box)
-            if ov < 0.3:
-                break
-        _, (cx, cy), box = best
-        boxes.append(box)
-        x0, y0, mask = _raster(polys, cx, cy)
-        base = np.asarray(COLOURS[colour], np.float32)
-        rgb = np.clip(base * rng.uniform(0.9, 1.1) + rng.uniform(-10, 10, 3), 0, 255).astype(np.float32)
-        tex = _texture(rng, texture, rgb, mask.shape, x0, y0, cx, cy, m, float(sizes[i]))
-        label = len(objs) + 1
-        _composite(img, inst, x0, y0, mask, tex, label)
-        drawn = int((mask >= 128).sum())
-        objs.append({"instance": label, "category_id": int(cats[i]) + 1, "drawn_area": drawn})
 
-    # mild sensor noise, then quantise
+def _plan_scene(cfg: SyntheticParams, rng: np.random.Generator) -> _Plan:
+    """Sample the number, sizes and classes of the objects, the clutter count and the painting order."""
+    n_obj = int(rng.integers(cfg.objects_per_image[0], cfg.objects_per_image[1] + 1))
+    n_dis = int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))
+    hi = float(min(cfg.max_object, cfg.image_size))
+    lo = float(min(cfg.min_object, hi))
+    sizes = _sample_sizes(rng, n_obj, lo, hi, cfg.scale_alpha)
+    cats = rng.integers(cfg.classes, size=n_obj)
+    return _Plan(sizes=sizes, cats=cats, seq=_paint_order(rng, sizes, n_dis), lo=lo)
+
+
+def _paint_distractor(canvas: _Canvas, rng: np.random.Generator, lo: float, alpha: float) -> None:
+    """Paint one unlabelled clutter item (instance id 0)."""
+    x0, y0, mask, tex = _distractor(rng, canvas.size, lo, alpha)
+    _composite(canvas.img, canvas.inst, x0, y0, mask, tex, 0)
+
+
+def _pose(rng: np.random.Generator, shape: str, size: float) -> tuple[_Polys, np.ndarray]:
+    """A shape's polygons with a random aspect ratio and rotation, scaled to `size` (and the matrix)."""
+    aspect = float(np.sqrt(rng.uniform(0.8, 1.2)))  # width/height ratio in [0.8, 1.2]
+    return _place(_SHAPE_OPS[shape], size, aspect, float(rng.uniform(0, 2 * np.pi)))
+
+
+def _position(rng: np.random.Generator, polys: _Polys, canvas: _Canvas) -> tuple[float, float, _Box]:
+    """A centre for the polygons whose box hides little of the earlier objects' boxes (and that box)."""
+    allp = np.concatenate([p for p, _ in polys])
+    pmin, pmax = allp.min(0), allp.max(0)
+    best = None
+    for _ in range(8):  # a few tries to avoid hiding earlier objects completely
+        c = rng.uniform(0, canvas.size, 2)
+        box = (c[0] + pmin[0], c[1] + pmin[1], c[0] + pmax[0], c[1] + pmax[1])
+        ov = _box_overlap(box, canvas.boxes)
+        if best is None or ov < best[0]:
+            best = (ov, c, box)
+        if ov < 0.3:
+            break
+    _, (cx, cy), box = best
+    return cx, cy, box
+
+
+def _instance_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
+    """The class colour with a small random gain and offset, float32 RGB (3,)."""
+    base = np.asarray(COLOURS[colour], np.float32)
+    return np.clip(base * rng.uniform(0.9, 1.1) + rng.uniform(-10, 10, 3), 0, 255).astype(np.float32)
+
+
+def _paint_object(
+    canvas: _Canvas, rng: np.random.Generator, cls: tuple[str, str, str], category: int, size: float
+) -> None:
+    """Paint one labelled object of class `cls` = (colour, texture, shape) and record it."""
+    colour, texture, shape = cls
+    polys, m = _pose(rng, shape, size)
+    cx, cy, box = _position(rng, polys, canvas)
+    canvas.boxes.append(box)
+    x0, y0, mask = _raster(polys, cx, cy)
+    rgb = _instance_colour(rng, colour)
+    tex = _texture(rng, texture, rgb, mask.shape, x0=x0, y0=y0, cx=cx, cy=cy, m=m, size=size)
+    label = len(canvas.objs) + 1
+    _composite(canvas.img, canvas.inst, x0, y0, mask, tex, label)
+    drawn = int((mask >= 128).sum())
+    canvas.objs.append({"instance": label, "category_id": category + 1, "drawn_area": drawn})
+
+
+def _quantise(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Add mild sensor noise to the float image (in place) and round it to uint8."""
     img += rng.normal(0, 2.0, size=img.shape).astype(np.float32)
-    out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
+
+def _visible_annotations(inst: np.ndarray, objs: list[dict]) -> tuple[np.ndarray, list[dict]]:
+    """Drop mostly hidden objects; renumber the rest 1..k and give them visible box and area."""
     visible = np.bincount(inst.ravel(), minlength=len(objs) + 1)
     slices = ndimage.find_objects(inst, max_label=len(objs))
     kept = []
@@ -505,7 +553,29 @@ def _render_scene(cfg: SyntheticParams, rng: np.random.Generator) -> tuple[np.nd
         o["bbox"] = [float(sx.start), float(sy.start), float(sx.stop - sx.start), float(sy.stop - sy.start)]
         relabel[k] = o["instance"]
         kept.append(o)
-    return out, relabel[inst], kept
+    return relabel[inst], kept
+
+
+def _render_scene(cfg: SyntheticParams, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Paint one scene.
+
+    Returns the RGB uint8 image, the int32 instance-id mask (0: background or clutter,
+    k: the k-th labelled object, visible pixels only) and one dict per *kept* object:
+    ``{"instance", "category_id", "bbox" [x, y, w, h], "area", "drawn_area"}``.
+    """
+    size = cfg.image_size
+    table = _class_table(cfg.classes)
+    canvas = _Canvas(img=_background(rng, size), inst=np.zeros((size, size), np.int32))
+    plan = _plan_scene(cfg, rng)
+    for kind, i in plan.seq:
+        if kind == "dis":
+            _paint_distractor(canvas, rng, plan.lo, cfg.scale_alpha)
+        else:
+            cat = int(plan.cats[i])
+            _paint_object(canvas, rng, cls=table[cat], category=cat, size=float(plan.sizes[i]))
+    out = _quantise(rng, canvas.img)
+    inst, kept = _visible_annotations(canvas.inst, canvas.objs)
+    return out, inst, kept
 
 
 # --------------------------------------------------------------------------- split

@@ -35,6 +35,7 @@ Pipeline for one image (all steps vectorised with numpy; no Python loop over pix
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -71,6 +72,7 @@ _DEBUG: dict | None = None
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
+    """No proposals: empty float32 boxes [0, 4] and scores [0]."""
     return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
 
 
@@ -319,6 +321,118 @@ def _score(feat: dict[str, np.ndarray], stability: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit))
 
 
+@dataclass(frozen=True)
+class _WorkImage:
+    """The downscaled image that is segmented, its Lab planes and integrals, and its scale."""
+
+    rgb: np.ndarray  # h x w x 3 uint8
+    lab: np.ndarray  # CIE Lab, float32
+    lab_smooth: np.ndarray  # lab, Gaussian-smoothed (boundary contrasts)
+    integral: np.ndarray  # (h+1, w+1, 3) integral image of lab
+    integral_sq: np.ndarray  # (h+1, w+1) integral image of the squared Lab norm
+    sx: float  # original pixels per work pixel, horizontally
+    sy: float  # ... and vertically
+
+    @property
+    def h(self) -> int:
+        """Height of the work image."""
+        return self.rgb.shape[0]
+
+    @property
+    def w(self) -> int:
+        """Width of the work image."""
+        return self.rgb.shape[1]
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Concatenated candidate statistics, the level of each candidate, and the number of levels."""
+
+    stats: dict[str, np.ndarray]  # box, count, csum, sqsum, perim_len, perim_sum
+    level_id: np.ndarray  # the hierarchical grouping counts as one extra level
+    n_levels: int
+
+
+def _lab_planes(work: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """CIE Lab of an RGB uint8 image, raw and Gaussian-smoothed with ``sigma`` (none if 0)."""
+    lab = cv2.cvtColor(work.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    lab_smooth = cv2.GaussianBlur(lab, (0, 0), max(sigma, 0.5)) if sigma > 0 else lab
+    return lab, lab_smooth
+
+
+def _level_candidates(levels: list[_Level]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """Every region and every union of two touching regions of each level, with the level ids."""
+    cands, level_id = [], []
+    for i, lvl in enumerate(levels):
+        for c in (lvl.regions(), lvl.pairs()):
+            cands.append(c)
+            level_id.append(np.full(c["box"].shape[0], i))
+    return cands, level_id
+
+
+def _hierarchy_candidates(levels: list[_Level]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """The regions formed by up to _HIER_ROUNDS rounds of greedy grouping from each level."""
+    cands, level_id = [], []
+    for lvl in levels:
+        for _ in range(_HIER_ROUNDS):
+            step = lvl.merge_step()
+            if step is None:
+                break
+            group, merged = step
+            lvl = lvl.merge(group)
+            cands.append(lvl.regions(merged))
+            level_id.append(np.full(merged.size, len(levels)))
+    return cands, level_id
+
+
+def _candidates(levels: list[_Level]) -> _Candidates:
+    """All candidates of the levels and of their hierarchical grouping, concatenated."""
+    cands, level_id = _level_candidates(levels)
+    hier, hier_id = _hierarchy_candidates(levels)
+    n_levels = len(levels) + 1 if hier else len(levels)
+    cands, level_id = cands + hier, level_id + hier_id
+    stats = {key: np.concatenate([c[key] for c in cands]) for key in cands[0]}
+    return _Candidates(stats=stats, level_id=np.concatenate(level_id), n_levels=n_levels)
+
+
+def _box_keys(box: np.ndarray, w: int, h: int) -> np.ndarray:
+    """One distinct integer per box [N, 4] of a ``w x h`` image (x1, y1, x2, y2 exclusive)."""
+    return ((box[:, 0] * (w + 1) + box[:, 2]) * (h + 1) + box[:, 1]) * (h + 1) + box[:, 3]
+
+
+def _stability(key: np.ndarray, level_id: np.ndarray, n_levels: int) -> np.ndarray:
+    """The fraction of levels in which exactly each candidate's box (``key``) occurs."""
+    kl = np.unique(key * (n_levels + 1) + level_id)
+    ukeys, nlev = np.unique(kl // (n_levels + 1), return_counts=True)
+    return nlev[np.searchsorted(ukeys, key)] / n_levels
+
+
+def _objectness(cand: _Candidates, work: _WorkImage) -> tuple[np.ndarray, np.ndarray]:
+    """Score and box key of every candidate (its features go to _DEBUG when that is a dict)."""
+    feat = _features(cand.stats, work.integral, work.integral_sq, work.w, work.h)
+    box = cand.stats["box"]
+    key = _box_keys(box, work.w, work.h)
+    stab = _stability(key, cand.level_id, cand.n_levels)
+    score = _score(feat, stab)
+    if _DEBUG is not None:
+        _DEBUG.clear()
+        _DEBUG.update(feat, stab=stab, box=box, level=cand.level_id, scale=(work.sx, work.sy))
+    return score, key
+
+
+def _best_per_box(key: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Indices of one candidate per distinct box key: the best scored."""
+    order = np.lexsort((-score, key))
+    first = np.ones(order.size, bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    return order[first]
+
+
+def _to_original(box: np.ndarray, work: _WorkImage) -> np.ndarray:
+    """Boxes [N, 4] scaled from work-image to original-image pixels, float64."""
+    return box.astype(np.float64) * np.array([work.sx, work.sy, work.sx, work.sy])
+
+
 class GraphExtractor:
     """Weight-free object proposals (see the module docstring)."""
 
@@ -329,6 +443,7 @@ class GraphExtractor:
 
     # -- helpers -------------------------------------------------------------------
     def _work_image(self, rgb: np.ndarray) -> np.ndarray:
+        """The image downscaled (INTER_AREA) so its longest side is at most cfg.max_side."""
         H, W = rgb.shape[:2]
         f = min(1.0, self.cfg.max_side / max(H, W))
         if f >= 1.0:
@@ -336,7 +451,24 @@ class GraphExtractor:
         size = (max(1, int(round(W * f))), max(1, int(round(H * f))))
         return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
+    def _prepare(self, rgb: np.ndarray) -> _WorkImage:
+        """The work image of an RGB uint8 image, with its Lab planes, integrals and scale."""
+        work = self._work_image(rgb)
+        H, W = rgb.shape[:2]
+        h, w = work.shape[:2]
+        lab, lab_smooth = _lab_planes(work, self.cfg.sigma)
+        return _WorkImage(
+            rgb=work,
+            lab=lab,
+            lab_smooth=lab_smooth,
+            integral=cv2.integral(lab.astype(np.float64)),
+            integral_sq=cv2.integral((lab.astype(np.float64) ** 2).sum(axis=2)),
+            sx=W / w,
+            sy=H / h,
+        )
+
     def _coarse_labels(self, work: np.ndarray, k: float, k_min: float) -> np.ndarray:
+        """Felzenszwalb labels at scale k on a pyramid level of the work image (see step 3)."""
         cfg = self.cfg
         h, w = work.shape[:2]
         f = math.sqrt(k_min / k) if k > 0 else 1.0
@@ -354,6 +486,34 @@ class GraphExtractor:
             min_size=max(1, int(round(cfg.min_size * ratio))),
         )
 
+    def _levels(self, work: _WorkImage) -> list[_Level]:
+        """The atoms (finest scale) and, per coarser scale, the grouping of the atoms it gives."""
+        cfg = self.cfg
+        scales = sorted(float(s) for s in cfg.scales)
+        k_min = scales[0]
+        fine = felzenszwalb(work.rgb, scale=k_min, sigma=cfg.sigma, min_size=cfg.min_size).astype(np.int64)
+        atoms = _Level.from_labels(fine, work.lab, work.lab_smooth)
+        levels = [atoms]
+        for k in scales[1:]:
+            coarse = self._coarse_labels(work.rgb, k, k_min).astype(np.int64)
+            levels.append(atoms.merge(_majority_group(fine, atoms.n, coarse)))
+        return levels
+
+    def _size_filter(self, box: np.ndarray, score: np.ndarray, W: int, H: int) -> tuple[np.ndarray, np.ndarray]:
+        """Drop boxes with a side below cfg.min_box or covering more than cfg.max_area_frac of W x H."""
+        cfg = self.cfg
+        bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+        keep = (bw >= cfg.min_box) & (bh >= cfg.min_box) & (bw * bh <= cfg.max_area_frac * W * H)
+        return box[keep], score[keep]
+
+    def _nms_top_k(self, box: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best scored boxes, de-duplicated with NMS at cfg.nms_iou, cut to cfg.max_objects (float32)."""
+        cfg = self.cfg
+        top = np.argsort(-score, kind="stable")[: _PRE_NMS * cfg.max_objects]
+        box, score = box[top], score[top]
+        kept = nms(box, score, cfg.nms_iou)[: cfg.max_objects]
+        return box[kept].astype(np.float32), score[kept].astype(np.float32)
+
     # -- API -----------------------------------------------------------------------
     def propose(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Object proposals for one image.
@@ -363,79 +523,15 @@ class GraphExtractor:
         image's pixel coordinates and float32 ``[N]`` in ``[0, 1]``, sorted by
         descending score, ``N <= cfg.max_objects``.
         """
-        cfg = self.cfg
         rgb = to_rgb_uint8(image)
         H, W = rgb.shape[:2]
         if H < 2 or W < 2:
             return _empty()
-        work = self._work_image(rgb)
-        h, w = work.shape[:2]
-        sx, sy = W / w, H / h
-
-        lab = cv2.cvtColor(work.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-        lab_smooth = cv2.GaussianBlur(lab, (0, 0), max(cfg.sigma, 0.5)) if cfg.sigma > 0 else lab
-        integral = cv2.integral(lab.astype(np.float64))
-        integral_sq = cv2.integral((lab.astype(np.float64) ** 2).sum(axis=2))
-
-        scales = sorted(float(s) for s in cfg.scales)
-        k_min = scales[0]
-        fine = felzenszwalb(work, scale=k_min, sigma=cfg.sigma, min_size=cfg.min_size).astype(np.int64)
-        atoms = _Level.from_labels(fine, lab, lab_smooth)
-        levels = [atoms]
-        for k in scales[1:]:
-            coarse = self._coarse_labels(work, k, k_min).astype(np.int64)
-            levels.append(atoms.merge(_majority_group(fine, atoms.n, coarse)))
-
-        # Candidates: every region and touching pair of every level ...
-        cands, level_id = [], []
-        for i, lvl in enumerate(levels):
-            for c in (lvl.regions(), lvl.pairs()):
-                cands.append(c)
-                level_id.append(np.full(c["box"].shape[0], i))
-        # ... and the regions formed by greedy hierarchical grouping.
-        n_levels = len(levels)
-        for lvl in levels:
-            for _ in range(_HIER_ROUNDS):
-                step = lvl.merge_step()
-                if step is None:
-                    break
-                group, merged = step
-                lvl = lvl.merge(group)
-                c = lvl.regions(merged)
-                cands.append(c)
-                level_id.append(np.full(merged.size, len(levels)))
-                n_levels = len(levels) + 1
-        cand = {key: np.concatenate([c[key] for c in cands]) for key in cands[0]}
-        level_id = np.concatenate(level_id)
-
-        feat = _features(cand, integral, integral_sq, w, h)
-        box = cand["box"]
-
-        # Stability: the fraction of levels in which exactly this box occurs.
-        key = ((box[:, 0] * (w + 1) + box[:, 2]) * (h + 1) + box[:, 1]) * (h + 1) + box[:, 3]
-        kl = np.unique(key * (n_levels + 1) + level_id)
-        ukeys, nlev = np.unique(kl // (n_levels + 1), return_counts=True)
-        stab = nlev[np.searchsorted(ukeys, key)] / n_levels
-        score = _score(feat, stab)
-        if _DEBUG is not None:
-            _DEBUG.clear()
-            _DEBUG.update(feat, stab=stab, box=box, level=level_id, scale=(sx, sy))
-
-        # One candidate per distinct box: the best scored.
-        order = np.lexsort((-score, key))
-        first = np.ones(order.size, bool)
-        first[1:] = key[order][1:] != key[order][:-1]
-        sel = order[first]
-        box, score = box[sel], score[sel]
-
-        # Original coordinates, size filters, NMS, top-k.
-        out = box.astype(np.float64) * np.array([sx, sy, sx, sy])
-        bw, bh = out[:, 2] - out[:, 0], out[:, 3] - out[:, 1]
-        keep = (bw >= cfg.min_box) & (bh >= cfg.min_box) & (bw * bh <= cfg.max_area_frac * W * H)
-        out, score = out[keep], score[keep]
-        if out.shape[0] == 0:
+        work = self._prepare(rgb)
+        cand = _candidates(self._levels(work))
+        score, key = _objectness(cand, work)
+        sel = _best_per_box(key, score)
+        box, score = self._size_filter(_to_original(cand.stats["box"][sel], work), score[sel], W, H)
+        if box.shape[0] == 0:
             return _empty()
-        top = np.argsort(-score, kind="stable")[: _PRE_NMS * cfg.max_objects]
-        out, score = out[top], score[top]
-        kept = nms(out, score, cfg.nms_iou)[: cfg.max_objects]
-        return out[kept].astype(np.float32), score[kept].astype(np.float32)
+        return self._nms_top_k(box, score)
