@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install repro test bench clean
+.PHONY: install repro test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,7 +20,14 @@ repro: install
 test: install
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,ray]'
 	@dpkg -s labelme-examples >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq labelme-examples >/dev/null)
+	$(MAKE) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+# ruff: lint (pycodestyle, pyflakes, import order, bugbear) and format, as configured in pyproject.toml;
+# `make test` runs it first, so a violation fails CI. `$(BIN)/ruff format .` fixes the format.
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/pipeline.py

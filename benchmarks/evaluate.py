@@ -80,7 +80,7 @@ def build(work: Path, n_gallery: int, n_queries: int, d: int) -> None:
 
 
 def _table(work: Path):
-    from stages.data.table import ImageTable
+    from stages.tables import ImageTable
 
     queries = pd.read_parquet(work / "queries.parquet")
     cats = pd.DataFrame({"category_id": np.arange(80), "name": [f"c{i}" for i in range(80)]})
@@ -115,9 +115,8 @@ def evaluation(work: Path) -> dict:
         _table(work),
         {"known_names": [f"c{i}" for i in range(40)]},
         _params(),
-        work / "metrics.json",
         embeddings=("model",),
-    )
+    ).metrics
     return {
         "seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - c0,

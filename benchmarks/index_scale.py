@@ -7,7 +7,7 @@ fixed random 32 -> 512 linear map, plus isotropic noise (std 0.02 per dimension)
 are not gallery copies).  The recorded 10M run used 2,000 queries (``index_recall_queries``): the
 exact search of 10,000 queries over 10M vectors is ~45 min on 2 shared cores.
 
-Index: the pipeline's own builder (:func:`stages.index.faiss_index.build_from_chunks`), IVF-PQ
+Index: the pipeline's own builder (:func:`stages.vectors.faiss_index.build_from_chunks`), IVF-PQ
 with nlist 1024, m 64 (64 bytes per vector), nbits 8, nprobe 32, trained on the first 65,536
 rows (the chunks are i.i.d., so this is a uniform sample), then the chunks added one by one.
 (The ``auto`` nlist of 10M objects, 16,384, trains too slowly on 2 CPU cores.)
@@ -69,7 +69,7 @@ def build_and_search(n: int, n_queries: int, out: Path) -> dict:
     from tqdm import tqdm
 
     from stages.config import IndexParams
-    from stages.index.faiss_index import build_from_chunks, set_search_params
+    from stages.vectors.faiss_index import build_from_chunks, set_search_params
 
     params = IndexParams(type="ivfpq", gpu=False, ivfpq=IVFPQ)
     t0 = time.perf_counter()

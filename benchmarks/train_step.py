@@ -26,10 +26,10 @@ import torch
 from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
 from stages.index.embed import embed_tensor
+from stages.model import TeacherModel, build_student
 from stages.samplers import KnnBatchSampler
-from stages.train.loop import N_VIEWS, BatchLoader, Engine, cosine_lr, kmeans_centroids, refresh_embeddings
-from stages.train.methods import build_method
-from stages.train.model import TeacherModel, build_student
+from stages.train.loop import BatchLoader, Engine, cosine_lr, refresh_embeddings
+from stages.train.methods import N_VIEWS, build_method, kmeans_centroids
 from stages.train.optim import AdamP
 from stages.train.runtime import Runtime
 

@@ -44,18 +44,51 @@ BackboneOption = typer.Option(
 )
 
 
-def _run_stage(name: str, params_path: Path, fn: Callable) -> None:
+# Libraries whose INFO messages look like errors in a stage's log (faiss's loader reports the
+# AVX512 build it did not find with a ModuleNotFoundError text); kept at WARNING.
+QUIET_LOGGERS = ("faiss", "faiss.loader", "ray", "ray.data", "matplotlib", "PIL", "urllib3", "filelock", "fsspec")
+
+
+def _configure_logging(name: str) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s", stream=sys.stderr, force=True)
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(name: str, exc: UserError) -> None:
+    if os.environ.get("STAGES_DEBUG"):
+        raise exc
+    typer.secho(f"error in '{name}': {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2) from None
+
+
+def _run(name: str, params_path: Path, fn: Callable) -> None:
+    """Run ``fn(params)`` on the validated parameters. A :class:`UserError` (a mistake the user
+    can fix) is printed as one line with exit code 2; any other exception is a bug and keeps its
+    traceback."""
     from stages.config import load_params
 
-    logging.basicConfig(level=logging.INFO, format=f"[{name}] %(message)s", stream=sys.stderr, force=True)
+    _configure_logging(name)
     try:
-        params = load_params(params_path)
-        fn(params)
-    except (UserError, FileNotFoundError, ValueError) as exc:
-        if os.environ.get("STAGES_DEBUG"):
-            raise
-        typer.secho(f"error in stage '{name}': {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+        fn(load_params(params_path))
+    except UserError as exc:
+        _fail(name, exc)
+
+
+def _run_stage(name: str, params_path: Path, declared: tuple[str, ...], fn: Callable, **names: str | None) -> None:
+    """Run one DVC stage: its matrix names (``dataset``, ``backbone``) are checked against the
+    params and resolved, and the stage gets a view of the params that lets it read only the keys
+    it declares (its ``PARAMS``, which dvc.yaml lists), so DVC reruns it on every change it reads."""
+    from stages.config import declared_view, stage_keys
+
+    def _stage(params) -> None:
+        resolved = {
+            axis: (params.dataset(value) if axis == "dataset" else params.backbone(value))
+            for axis, value in names.items()
+        }
+        fn(declared_view(params, stage_keys(declared, **resolved)), **resolved)
+
+    _run(name, params_path, _stage)
 
 
 @app.command()
@@ -66,9 +99,9 @@ def data(dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
     (shapes x textures x colours on real photo backgrounds, long-tailed object sizes)
     into data/synthetic/dataset/images/.
     """
-    from stages.data import run
+    from stages.data import PARAMS, run
 
-    _run_stage("data", params, lambda p: run(p, dataset))
+    _run_stage("data", params, PARAMS, run, dataset=dataset)
 
 
 @app.command()
@@ -81,9 +114,9 @@ def extract(dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
     skipped and counted in data/objects/summary.json. Resumable: a rerun after a crash keeps
     the completed shards (data/objects/manifest.json) and extracts only the other images.
     """
-    from stages.extract import run
+    from stages.extract import PARAMS, run
 
-    _run_stage("extract", params, lambda p: run(p, dataset))
+    _run_stage("extract", params, PARAMS, run, dataset=dataset)
 
 
 @app.command()
@@ -94,9 +127,9 @@ def splits(params: Path = ParamsOption) -> None:
     (training objects = extracted train objects of the train_on dataset overlapping a GT box of
     a known class).
     """
-    from stages.splits import run
+    from stages.splits import PARAMS, run
 
-    _run_stage("splits", params, run)
+    _run_stage("splits", params, PARAMS, run)
 
 
 @app.command()
@@ -106,9 +139,9 @@ def groups(params: Path = ParamsOption) -> None:
     Params: groups. Writes data/groups/assignment.parquet, boundaries.json and
     area_hist.png (the long-tailed size histogram with the group boundaries).
     """
-    from stages.groups import run
+    from stages.groups import PARAMS, run
 
-    _run_stage("groups", params, run)
+    _run_stage("groups", params, PARAMS, run)
 
 
 @app.command()
@@ -124,17 +157,16 @@ def train(backbone: str = BackboneOption, params: Path = ParamsOption) -> None:
     rate go to models/<backbone>/train_log.tsv (dvc plots show). With train.nproc N > 1 the
     command relaunches itself as `torchrun --standalone --nproc_per_node N` (DDP, one rank per GPU).
     """
-    from stages.train import run
+    from stages.train import PARAMS, run
     from stages.train.launch import run_under_torchrun, under_torchrun
 
-    def _train(p) -> None:
+    def _train(p, backbone: str) -> None:
         if p.train.nproc > 1 and not under_torchrun():
-            name = p.backbone(backbone)
-            run_under_torchrun(p.train.nproc, ["train", "--backbone", name, "--params", str(params)])
+            run_under_torchrun(p.train.nproc, ["train", "--backbone", backbone, "--params", str(params)])
         else:
             run(p, backbone)
 
-    _run_stage("train", params, _train)
+    _run_stage("train", params, PARAMS, _train, backbone=backbone)
 
 
 @app.command()
@@ -146,9 +178,9 @@ def index(backbone: str = BackboneOption, dataset: str = DatasetOption, params: 
     shards, gallery.faiss, queries.npy) and index/{gallery,queries}.parquet. index.type:
     auto (flat up to index.flat_max objects, ivfpq above), flat, ivfpq or hnsw.
     """
-    from stages.index import run
+    from stages.index import PARAMS, run
 
-    _run_stage("index", params, lambda p: run(p, backbone, dataset))
+    _run_stage("index", params, PARAMS, run, backbone=backbone, dataset=dataset)
 
 
 @app.command()
@@ -161,9 +193,9 @@ def evaluate(backbone: str = BackboneOption, dataset: str = DatasetOption, param
     untrained backbone ('pretrained'). Queries are searched evaluate.query_chunk at a time.
     Pictures in metrics/<backbone>/<dataset>/: buckets.csv + buckets.png, examples.png.
     """
-    from stages.evaluate import run
+    from stages.evaluate import PARAMS, run
 
-    _run_stage("evaluate", params, lambda p: run(p, backbone, dataset))
+    _run_stage("evaluate", params, PARAMS, run, backbone=backbone, dataset=dataset)
 
 
 @app.command("search")
@@ -209,14 +241,15 @@ def search_cmd(
             draw_hits(crop, hits, out)
             typer.echo(f"wrote {out}")
 
-    _run_stage("search", params, _search)
+    _run("search", params, _search)
 
 
 @app.command("params")
 def params_help(params: Path = typer.Option(None, "--params", "-p", help="Also validate this parameter file.")) -> None:
     """List every parameter: key, type, default and meaning (the reference of params.yaml).
 
-    With --params, also validate that file and report the first problems by key.
+    With --params, also validate that file and report the first problems by key, including every
+    backbone_options entry (a backbone name and one of its inits; the stages check only their own).
     """
     from stages.config import Params, describe_params, load_params
 
@@ -224,7 +257,10 @@ def params_help(params: Path = typer.Option(None, "--params", "-p", help="Also v
         typer.echo(line)
     if params is not None:
         try:
-            load_params(params)
+            checked = load_params(params)
+            from stages.backbones import check_options
+
+            check_options(checked.backbone_options)
         except UserError as exc:
             typer.secho(str(exc), fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None

@@ -7,13 +7,13 @@ which keeps ``1e-05`` (as written by ``dvc exp run -S``) a float.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
 
+from stages.atomic import write_json
 from stages.errors import UserError
 
 
@@ -339,16 +339,6 @@ class Params(_Strict):
         {}, description="per-backbone overrides keyed by backbone name (weights, init, lr)"
     )
 
-    @field_validator("backbone_options")
-    @classmethod
-    def _known_backbones(cls, options: dict[str, BackboneOptions]) -> dict[str, BackboneOptions]:
-        if options:
-            from stages.backbones import check_init  # torch/timm: imported only when options are given
-
-            for name, opt in options.items():
-                check_init(name, opt.init)  # ValueError naming the backbone and the valid names/inits
-        return options
-
     @model_validator(mode="after")
     def _axes(self) -> "Params":
         sources = sorted(DataParams.model_fields)
@@ -446,6 +436,112 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(_describe(err, path)) from None
 
 
-def dump_params(params: Params, path: str | Path) -> None:
-    """Write the resolved parameters next to a stage's outputs."""
-    Path(path).write_text(json.dumps(params.model_dump(mode="json"), indent=2) + "\n")
+def stage_keys(declared: tuple[str, ...], **names: str) -> tuple[str, ...]:
+    """A stage's ``PARAMS`` with its matrix names filled in: ``data.{dataset}`` -> ``data.synthetic``."""
+    return tuple(key.format(**names) for key in declared)
+
+
+class UndeclaredParamError(AttributeError):
+    """A stage read a parameter that its ``PARAMS`` (and so dvc.yaml) do not list: a bug, not a user error."""
+
+
+class _Undeclared:
+    """Stands in for a parameter a stage did not declare; any use of it raises :class:`UndeclaredParamError`."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: str):
+        object.__setattr__(self, "_key", key)
+
+    def _fail(self, *_args, **_kwargs):
+        raise UndeclaredParamError(
+            f"this stage reads params '{self._key}', which its PARAMS do not list: add it there and to "
+            "the stage's params in dvc.yaml, or DVC will not rerun the stage when it changes"
+        )
+
+    __getattr__ = __getitem__ = __iter__ = __len__ = __bool__ = __eq__ = __lt__ = __gt__ = _fail
+    __float__ = __int__ = __index__ = __str__ = __format__ = __contains__ = __call__ = _fail
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _fail
+    __floordiv__ = __rfloordiv__ = __mod__ = __pow__ = __neg__ = __le__ = __ge__ = __ne__ = _fail
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<undeclared params {self._key}>"
+
+
+class _DeclaredMapping(dict):
+    """A ``name -> options`` map that answers only for the names a stage declared."""
+
+    def __init__(self, values: dict, allowed: set[str], key: str):
+        super().__init__({k: v for k, v in values.items() if k in allowed})
+        self._allowed, self._key = allowed, key
+
+    def _check(self, name: str) -> None:
+        if name not in self._allowed:
+            _Undeclared(f"{self._key}.{name}")._fail()
+
+    def get(self, name, default=None):
+        self._check(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name):
+        self._check(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name) -> bool:
+        self._check(name)
+        return super().__contains__(name)
+
+    def __iter__(self):
+        return _Undeclared(self._key)._fail()
+
+    keys = values = items = __iter__
+
+
+def declared_view(model: BaseModel, keys: tuple[str, ...], prefix: str = "") -> BaseModel:
+    """A copy of ``model`` where only the dotted ``keys`` (and what is under them) can be read.
+
+    The CLI hands each stage such a view of its ``PARAMS``, so a stage that reads a key dvc.yaml
+    does not list fails at once (:class:`UndeclaredParamError`) instead of going stale silently.
+    """
+    values = {}
+    for name in type(model).model_fields:
+        key = prefix + name
+        value = getattr(model, name)
+        inner = tuple(k[len(name) + 1 :] for k in keys if k.startswith(name + "."))
+        if name in keys:
+            values[name] = value
+        elif inner and isinstance(value, BaseModel):
+            values[name] = declared_view(value, inner, key + ".")
+        elif inner and isinstance(value, dict):
+            values[name] = _DeclaredMapping(value, set(inner), key)
+        else:
+            values[name] = _Undeclared(key)
+    return type(model).model_construct(**values)
+
+
+def declared_values(params: BaseModel, keys: tuple[str, ...]) -> dict:
+    """The values of ``keys`` as a nested JSON-ready dict (what a stage records next to its outputs)."""
+    out: dict = {}
+    for key in sorted(keys):
+        node, parts = params, key.split(".")
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else getattr(node, part)
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = node.model_dump(mode="json") if isinstance(node, BaseModel) else _json_ready(node)
+    return out
+
+
+def _json_ready(value):
+    if isinstance(value, tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_ready(v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in value.items()}
+    return value
+
+
+def dump_params(params: BaseModel, keys: tuple[str, ...], path: str | Path) -> None:
+    """Write the parameters a stage read (``keys``) next to its outputs."""
+    write_json(path, declared_values(params, keys))

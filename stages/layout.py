@@ -21,6 +21,9 @@ MODELS = Path("models")
 INDEX = Path("index")
 METRICS = Path("metrics")
 SPLIT_ORDER = ("train", "val", "test")  # canonical order of a dataset's splits (object ids follow it)
+# the embeddings indexed side by side in index/<backbone>/<dataset>/<embedding>/: the trained model and
+# the same backbone without training (every run reports its untrained baseline)
+EMBEDDINGS = ("model", "pretrained")
 
 
 def dataset_splits(dataset: str) -> list[str]:

@@ -44,3 +44,41 @@ def test_params_command_documents_every_key(tmp_path):
     bad.write_text("train:\n  lr: fast\n")
     res = runner.invoke(app, ["params", "--params", str(bad)])
     assert res.exit_code == 2 and "train.lr" in res.output
+
+
+def test_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only the UserError family becomes a one-line message; a bug (here a ValueError raised by
+    the stage's code) propagates with its traceback instead of being disguised as a user mistake."""
+    import stages.groups
+
+    def broken(params):
+        raise ValueError("an internal invariant failed")
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    monkeypatch.setattr(stages.groups, "run", broken)
+    res = runner.invoke(app, ["groups"])
+    assert res.exit_code == 1 and isinstance(res.exception, ValueError)
+    assert "an internal invariant failed" in str(res.exception)
+    assert "error in 'groups'" not in res.output
+
+
+def test_stage_reading_an_undeclared_param_is_a_bug(tmp_path, monkeypatch):
+    import stages.groups
+    from stages.config import UndeclaredParamError
+
+    def reads_too_much(params):
+        return params.train.steps  # the groups stage declares only `groups`
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    monkeypatch.setattr(stages.groups, "run", reads_too_much)
+    res = runner.invoke(app, ["groups"])
+    assert isinstance(res.exception, UndeclaredParamError) and "'train'" in str(res.exception)
+
+
+def test_unknown_backbone_name_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    res = runner.invoke(app, ["train", "--backbone", "resnet"])
+    assert res.exit_code == 2 and "is not in params backbones" in res.output

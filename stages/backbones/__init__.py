@@ -8,7 +8,7 @@
 >>> lr = learning_rate("vit_b16", params.backbone_options.get("vit_b16"))         # doctest: +SKIP
 
 Registered names are the keys of :data:`BACKBONES` (``efficientnet_lite0``, ``resnet50``,
-``googlenet``, ``mit_b2``, ``vit_b16``); ``timm:<model>`` builds any timm model (weights only
+``googlenet``, ``mit_b2``, ``vit_b16``); ``timm-<model>`` builds any timm model (weights only
 from a local file).  Each entry lists its ``init`` values and default learning rate.
 :func:`imagenet_classifier` gives the same networks with their 1000-class head, to check
 weights.  Details in :mod:`stages.backbones.registry`.
@@ -19,9 +19,11 @@ from .registry import (
     BACKBONES,
     DEFAULT_BACKBONE,
     BackboneEntry,
+    BackboneOptionsLike,
     build_backbone,
     build_from_options,
     check_init,
+    check_options,
     default_lr,
     imagenet_classifier,
     learning_rate,
@@ -33,10 +35,12 @@ __all__ = [
     "DEFAULT_BACKBONE",
     "Backbone",
     "BackboneEntry",
+    "BackboneOptionsLike",
     "BackboneSpec",
     "build_backbone",
     "build_from_options",
     "check_init",
+    "check_options",
     "default_lr",
     "imagenet_classifier",
     "learning_rate",

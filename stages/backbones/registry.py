@@ -24,7 +24,7 @@ Entries (``init`` values: the first is the default; ``none`` = random init)
     ViT-B/16 (:mod:`.vit`): MoCo-v3 ``.pth.tar``, OpenAI/OpenCLIP ``visual.*`` weights, or a timm
     file; 768-d class token (512-d CLIP image embedding for ``clip``); each init has its own
     normalisation.
-``timm:<name>`` (imagenet, none; lr 1e-4; not in :data:`BACKBONES`, resolved by :func:`lookup`)
+``timm-<name>`` (imagenet, none; lr 1e-4; not in :data:`BACKBONES`, resolved by :func:`lookup`)
     any timm model with ``num_classes=0``; mean/std/input size from its pretrained_cfg;
     pretrained weights only from a file in timm's key layout (a classifier in it is ignored).
 
@@ -44,7 +44,7 @@ the number of classes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -53,6 +53,8 @@ from typing import Protocol
 import timm
 import torch
 from torch import nn
+
+from stages.errors import InputError
 
 from . import efficientnet_lite as lite
 from .core import Backbone, BackboneSpec, load_checked, materialise, read_state_dict
@@ -67,6 +69,7 @@ __all__ = [
     "build_backbone",
     "build_from_options",
     "check_init",
+    "check_options",
     "default_lr",
     "imagenet_classifier",
     "learning_rate",
@@ -74,7 +77,7 @@ __all__ = [
 ]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-TIMM_PREFIX = "timm:"
+TIMM_PREFIX = "timm-"  # DVC stage names allow letters, digits, "_" and "-" only
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CNN_INITS = ("imagenet", "none")
@@ -104,12 +107,12 @@ def _weights_file(
 ) -> Path | None:
     """The file to load (None: random init); refuses to 'download' and contradictory arguments."""
     if init == "none" and weights is not None:
-        raise ValueError(
+        raise InputError(
             f"backbone {name!r}: weights={str(weights)!r} given with init 'none' (random init); drop one of them"
         )
     if not pretrained or init == "none":
         if weights is not None:
-            raise ValueError(
+            raise InputError(
                 f"backbone {name!r}: weights={str(weights)!r} given with pretrained=False; "
                 "pass pretrained=True to load them, or drop weights for random init"
             )
@@ -118,7 +121,7 @@ def _weights_file(
         return Path(weights)
     if default is not None:
         return default
-    raise ValueError(
+    raise InputError(
         f"backbone {name!r} (init {init}): pretrained weights must be given as a local file "
         f"(backbone_options.{name}.weights: <path>, or weights=<path>) since nothing can be "
         "downloaded; or use init 'none' / pretrained=False for random init"
@@ -150,7 +153,7 @@ def _timm_backbone(
     with_classifier: bool = False,
 ) -> Backbone:
     if not timm.is_model(arch):
-        raise ValueError(f"backbone {name!r}: {arch!r} is not a timm model name")
+        raise InputError(f"backbone {name!r}: {arch!r} is not a timm model name")
     path = _weights_file(name, init, pretrained, weights)
     sd = read_state_dict(path, name) if path is not None else None  # file errors before building
     kwargs = {} if with_classifier else {"num_classes": 0}
@@ -288,19 +291,19 @@ TIMM_LR = 1e-4
 
 
 def lookup(name: str) -> BackboneEntry:
-    """The entry of a registered name or of ``timm:<model>``; else ``ValueError`` listing the names."""
+    """The entry of a registered name or of ``timm-<model>``; else ``ValueError`` listing the names."""
     if name.startswith(TIMM_PREFIX):
         arch = name[len(TIMM_PREFIX) :]
         if not arch:
-            raise ValueError(f"backbone {name!r}: give a timm model name after {TIMM_PREFIX!r}")
+            raise InputError(f"backbone {name!r}: give a timm model name after {TIMM_PREFIX!r}")
         if not timm.is_model(arch):
-            raise ValueError(f"backbone {name!r}: {arch!r} is not a timm model name")
+            raise InputError(f"backbone {name!r}: {arch!r} is not a timm model name (give it without a pretrained tag)")
         return BackboneEntry(partial(_timm_backbone, name, arch), default_lr=TIMM_LR)
     try:
         return BACKBONES[name]
     except KeyError:
         valid = ", ".join(sorted(BACKBONES))
-        raise ValueError(
+        raise InputError(
             f"unknown backbone {name!r}; valid names: {valid}, or {TIMM_PREFIX}<timm model name>"
         ) from None
 
@@ -311,8 +314,17 @@ def check_init(name: str, init: str | None) -> str:
     if init is None:
         return inits[0]
     if init not in inits:
-        raise ValueError(f"backbone {name!r} has no init {init!r}; valid: {', '.join(inits)}")
+        raise InputError(f"backbone {name!r} has no init {init!r}; valid: {', '.join(inits)}")
     return init
+
+
+def check_options(options: Mapping[str, BackboneOptionsLike]) -> None:
+    """Every ``backbone_options`` entry names a backbone and one of its inits, else ``InputError`` naming the key."""
+    for name, opt in options.items():
+        try:
+            check_init(name, opt.init)
+        except InputError as exc:
+            raise InputError(f"backbone_options.{name}: {exc}") from None
 
 
 def default_lr(name: str) -> float:
@@ -337,7 +349,7 @@ def build_backbone(
     init: str | None = None,
     with_classifier: bool = False,
 ) -> Backbone:
-    """Build a registered backbone or ``timm:<model name>``, in eval mode.
+    """Build a registered backbone or ``timm-<model name>``, in eval mode.
 
     ``init`` None is the backbone's default (``imagenet``; ``mocov3`` for ``vit_b16``); ``init``
     fixes architecture and normalisation, ``pretrained`` whether its weights are loaded.

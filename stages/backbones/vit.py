@@ -41,6 +41,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_M
 from timm.models.vision_transformer import _convert_openai_clip
 from torch import nn
 
+from stages.errors import InputError
+
 from .core import Backbone, BackboneSpec, load_checked, materialise, read_state_dict
 
 __all__ = ["VIT_INITS", "build_vit_b16", "mocov3_state_dict", "clip_state_dict"]
@@ -69,7 +71,7 @@ def clip_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, path: str 
         sd = {f"visual.{k}": v for k, v in sd.items()}
     if "visual.class_embedding" not in sd:
         some = ", ".join(list(sd)[:3])
-        raise ValueError(
+        raise InputError(
             f"weights file {path} does not match backbone 'vit_b16' (init clip): no OpenAI/OpenCLIP "
             f"'visual.class_embedding' key (found {some}, ...)"
         )
@@ -80,7 +82,7 @@ def build_vit_b16(init: str, path: Path | None, with_classifier: bool) -> Backbo
     """ViT-B/16 of ``init`` (see the module doc); ``path`` None -> random init of that architecture."""
     label = f"vit_b16 (init {init})"
     if init == "clip" and with_classifier:
-        raise ValueError("backbone 'vit_b16' with init clip has no ImageNet classifier")
+        raise InputError("backbone 'vit_b16' with init clip has no ImageNet classifier")
     sd = read_state_dict(path, label) if path is not None else None
     num_classes = CLIP_EMBED_DIM if init == "clip" else (1000 if with_classifier else 0)
     model = timm.create_model(

@@ -10,8 +10,12 @@ from pathlib import Path
 from stages import layout
 from stages.config import Params
 from stages.data.coco_json import write_dataset
+from stages.errors import InputError
 
 log = logging.getLogger(__name__)
+
+# Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
+PARAMS = ("seed", "data.{dataset}")
 
 #: Dataset sources: synthetic (embedded default), the paper's COCO+VOC benchmark and the
 #: evaluation-only generalisation sets (one ``test`` split each).
@@ -69,13 +73,13 @@ def build_dataset(name: str, params: Params, out_dir: str | Path) -> dict[str, d
     Splits: synthetic ``train, test``; coco_voc ``train, val, test``; the others ``test``.
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(SOURCES)}")
+        raise InputError(f"unknown dataset {name!r}; expected one of {', '.join(SOURCES)}")
     return _BUILDERS[name](params, Path(out_dir))
 
 
-def run(params: Params, dataset: str | None = None) -> None:
+def run(params: Params, dataset: str) -> None:
     """Write ``data/<dataset>/dataset/{split}.json`` (and the images of generated sources)."""
-    name = params.dataset(dataset)
+    name = dataset
     out = layout.dataset_dir(name)
     splits = build_dataset(name, params, out)
     write_dataset(splits, out)

@@ -30,7 +30,7 @@ import pandas as pd
 from stages.config import BelgaLogosParams
 from stages.data.coco_json import to_coco
 from stages.data.files import IMAGE_COLUMNS, boxes_frame, clean_boxes, image_sizes, list_images, require_path
-from stages.data.table import DatasetError
+from stages.tables import DatasetError
 
 log = logging.getLogger(__name__)
 

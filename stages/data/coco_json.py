@@ -1,6 +1,6 @@
 """COCO-format files in and out: reading COCO instances with pycocotools, writing the interchange.
 
-The interchange (see :mod:`stages.data.table`) is one COCO-format dict per split; a box with
+The interchange (see :mod:`stages.tables`) is one COCO-format dict per split; a box with
 ``"query": false`` labels gallery objects but is not used as a query (crowd regions, VOC
 "difficult" objects, Visual Genome objects outside the query sample, BelgaLogos instances).
 """
@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.data.files import BOX_COLUMNS, IMAGE_COLUMNS, boxes_frame, list_images, resolve_images
-from stages.data.table import DatasetError
+from stages.atomic import atomic_path
+from stages.data.files import ANNOTATION_COLUMNS, IMAGE_COLUMNS, boxes_frame, list_images, resolve_images
+from stages.tables import DatasetError
 
 
 def to_coco(images: pd.DataFrame, boxes: pd.DataFrame, categories: list[dict]) -> dict:
-    """Images (IMAGE_COLUMNS) + boxes (BOX_COLUMNS) -> a COCO dict; annotation ids 1..n.
+    """Images (IMAGE_COLUMNS) + boxes (ANNOTATION_COLUMNS) -> a COCO dict; annotation ids 1..n.
 
     Images are sorted by id and boxes by (image id, source order); ``"query": false`` is
     written only on label-only boxes, so plain COCO readers see ordinary annotations.
@@ -54,16 +55,12 @@ def to_coco(images: pd.DataFrame, boxes: pd.DataFrame, categories: list[dict]) -
 
 
 def write_dataset(splits: dict[str, dict], out_dir: str | Path) -> list[Path]:
-    """Write each split's COCO dict to ``out_dir/{split}.json`` atomically (tmp + os.replace)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write each split's COCO dict to ``out_dir/{split}.json`` atomically."""
     written = []
     for split, coco in splits.items():
-        path = out_dir / f"{split}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
+        path = Path(out_dir) / f"{split}.json"
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             json.dump(coco, f)
-        os.replace(tmp, path)
         written.append(path)
     return written
 
@@ -126,7 +123,7 @@ def read_coco_instances(
     images["n_source_boxes"] = images["image_id"].map(counts).fillna(0).astype(np.int64)
     images["file_name"] = names.to_numpy()
     images = _resolve_relative(images, names, image_dir, str(ann_file))
-    return images[IMAGE_COLUMNS], boxes[BOX_COLUMNS], categories
+    return images[IMAGE_COLUMNS], boxes[ANNOTATION_COLUMNS], categories
 
 
 def _resolve_relative(images: pd.DataFrame, names: pd.Series, image_dir: Path, source: str) -> pd.DataFrame:

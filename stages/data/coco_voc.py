@@ -29,8 +29,8 @@ import pandas as pd
 from stages.config import CocoVocParams
 from stages.data.coco_json import read_coco_instances, to_coco
 from stages.data.files import IMAGE_COLUMNS, boxes_frame, clean_boxes, list_images, require_path, resolve_images
-from stages.data.table import DatasetError
 from stages.data.voc_xml import VOC_TO_COCO_NAME, read_voc
+from stages.tables import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.data.table import DatasetError
+from stages.tables import DatasetError
 
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ["image_id", "file_name", "width", "height", "n_source_boxes"]
-BOX_COLUMNS = ["image_id", "category_id", "x", "y", "w", "h", "query"]
+ANNOTATION_COLUMNS = ["image_id", "category_id", "x", "y", "w", "h", "query"]
 
 
 def require_path(path: str | Path | None, key: str, expected: str) -> Path:
@@ -110,7 +110,7 @@ def boxes_frame(image_id, category_id, x, y, w, h, query) -> pd.DataFrame:
             "h": np.asarray(h, np.float64),
             "query": np.asarray(query, bool),
         },
-        columns=BOX_COLUMNS,
+        columns=ANNOTATION_COLUMNS,
     )
 
 

@@ -32,7 +32,7 @@ from stages.data.files import (
     require_path,
     resolve_images,
 )
-from stages.data.table import DatasetError
+from stages.tables import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from stages.data.table import DatasetError
+from stages.tables import DatasetError
 
 #: VOC class names whose COCO spelling differs; the other 14 are spelled the same.
 VOC_TO_COCO_NAME: dict[str, str] = {

@@ -9,28 +9,25 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from stages.atomic import atomic_path, save_figure
+from stages.crops import crop_boxes, read_image
+from stages.evaluate.definitions import BUCKET_COLUMNS, SIZE_BUCKETS
+from stages.evaluate.protocol import Evaluation
+from stages.shards import BOX_COLUMNS
+from stages.tables import ImageTable
 
-from stages.extract.crops import crop_boxes, read_image  # noqa: E402
-from stages.shards import BOX_COLUMNS  # noqa: E402
-
-BUCKET_COLUMNS = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")
 GREEN, RED = "#1a9850", "#d73027"
 
 
 def bucket_table(metrics: dict, embedding: str = "model") -> pd.DataFrame:
     """Per-size-bucket rows of one embedding's metrics (None -> empty cell)."""
-    from stages.evaluate.protocol import SIZE_BUCKETS
-
     rows = []
     for bucket in SIZE_BUCKETS:
         entry = metrics[embedding][bucket]
@@ -38,12 +35,8 @@ def bucket_table(metrics: dict, embedding: str = "model") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+def _save(fig: Figure, path: Path) -> None:
+    save_figure(path, fig, dpi=110)
 
 
 def write_bucket_plots(metrics: dict, plots_dir: Path) -> None:
@@ -51,12 +44,12 @@ def write_bucket_plots(metrics: dict, plots_dir: Path) -> None:
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     table = bucket_table(metrics, "model")
-    tmp = plots_dir / "buckets.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, plots_dir / "buckets.csv")
+    with atomic_path(plots_dir / "buckets.csv") as tmp:
+        table.to_csv(tmp, index=False)
 
     names = [e for e in ("model", "pretrained") if e in metrics]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(table))
     height = 0.8 / len(names)
     for ax, key in zip(axes, ("O-R@1", "O-mAP")):
@@ -100,13 +93,14 @@ def write_examples_sheet(
     """
     path = Path(path)
     if not examples:
-        fig = plt.figure(figsize=(4, 1))
+        fig = Figure(figsize=(4, 1))
         fig.text(0.5, 0.5, "no example queries", ha="center", va="center")
         _save(fig, path)
         return
     paths = images.set_index("image_id")["path"]
     rows = sorted(examples, key=lambda q: float(queries["area"].iloc[q]))  # small to large
-    fig, axes = plt.subplots(len(rows), 6, figsize=(13, 2.3 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(13, 2.3 * len(rows)))
+    axes = fig.subplots(len(rows), 6, squeeze=False)
     for r, q in enumerate(rows):  # a handful of example queries
         qrow = queries.iloc[q]
         image = read_image(paths.get(int(qrow.image_id), ""))
@@ -139,3 +133,19 @@ def write_examples_sheet(
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.3 * len(rows))))
     _save(fig, path)
+
+
+def write_pictures(evaluation: Evaluation, test: ImageTable, plots_dir: Path, crop_size: int) -> None:
+    """Every picture of one evaluation into ``plots_dir``: buckets.csv, buckets.png, examples.png."""
+    write_bucket_plots(evaluation.metrics, plots_dir)
+    names = dict(zip(test.categories["category_id"], test.categories["name"]))
+    data = evaluation.data
+    write_examples_sheet(
+        evaluation.examples,
+        data.queries,
+        data.gallery,
+        test.images,
+        names,
+        Path(plots_dir) / "examples.png",
+        crop_size,
+    )

@@ -4,18 +4,13 @@ Streamed: queries are searched ``evaluate.query_chunk`` at a time; each chunk's 
 looked up in relevance labels prepared once per gallery (:class:`RelevanceLookup`) and reduced
 to per-query metric values (a few floats per query); subsets (all / known / unknown, size
 buckets) are averaged at the end.  Memory is the index, the gallery's box table and one chunk's
-``[chunk, K]`` ranking, whatever the number of queries.
-
-Known / unknown: a query's class is known when its category NAME is among the training
-dataset's known class names (``tasks.json`` ``known_names``), so any dataset can be evaluated
-against the task split of the dataset the model was trained on.
+``[chunk, K]`` ranking, whatever the number of queries.  Pictures are drawn by the stage entry
+(:mod:`stages.evaluate.plots`) from the returned :class:`Evaluation`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,45 +18,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages.config import Params
-from stages.data.table import ImageTable
+from stages import layout
+from stages.config import EvaluateParams, Params
+from stages.errors import MissingInputError
+from stages.evaluate.definitions import HEADLINE, LEVELS, choose_examples, known_category_ids, query_masks
 from stages.metrics.relevance import ANY_OVERLAP, RelevanceLookup, relevant_classes
 from stages.metrics.retrieval import per_query_metrics, summarize_per_query
 from stages.shards import BOX_COLUMNS
+from stages.tables import ImageTable
+from stages.vectors.faiss_index import load_for_search
 
 log = logging.getLogger(__name__)
-
-EMBEDDINGS = ("model", "pretrained")
-LEVELS = ("O", "I")  # object level (IoU >= evaluate.object_iou), image level (any overlap)
-HEADLINE = ("R@1", "R@5", "R@10", "mAP", "mAP_std", "mMP@5")
-# Query-size buckets of the paper's Tables III-IV, by sqrt(box area) in pixels.
-SIZE_BUCKETS = {
-    "size_0-20": (0, 20),
-    "size_20-30": (20, 30),
-    "size_30-60": (30, 60),
-    "size_60-100": (60, 100),
-    "size_100+": (100, np.inf),
-}
-
-
-def known_category_ids(categories: pd.DataFrame, tasks: dict) -> np.ndarray:
-    """Ids of this dataset's categories whose name is a known class of the training task.
-
-    Falls back to ``tasks["known"]`` ids when ``tasks.json`` predates ``known_names``.
-    """
-    if "known_names" in tasks:
-        names = set(tasks["known_names"])
-        return categories.loc[categories["name"].isin(names), "category_id"].to_numpy(np.int64)
-    return np.asarray(tasks["known"], dtype=np.int64)
-
-
-def query_masks(queries: pd.DataFrame, known_ids) -> dict[str, np.ndarray]:
-    """all / known / unknown classes, and the paper's query-size buckets."""
-    known = queries["category_id"].isin(list(known_ids)).to_numpy()
-    side = np.sqrt(queries["area"].to_numpy(np.float64))
-    masks = {"all": np.ones(len(queries), bool), "known": known, "unknown": ~known}
-    masks.update({name: (side >= lo) & (side < hi) for name, (lo, hi) in SIZE_BUCKETS.items()})
-    return masks
 
 
 def ground_truth(test: ImageTable) -> pd.DataFrame:
@@ -113,73 +80,126 @@ class Scores:
 
     per_query: dict[str, dict[str, np.ndarray]]  # level -> metric -> [Q]
     totals: dict[str, np.ndarray]  # level -> relevant items in the gallery per query
-    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )  # q -> (rows, dist, O-rel)
+    # query row -> (gallery rows, distances, object-level relevance) of its top 5
+    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    """The queries of one embedding: vectors ``[Q, d]``, dense class codes and image ids ``[Q]``."""
+
+    vectors: np.ndarray
+    class_code: np.ndarray
+    image_id: np.ndarray
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How queries are searched: ``fetch`` items per query (``topk`` plus room for the dropped
+    same-image items), the first ``topk`` of the filtered list scored, ``chunk`` queries at a time."""
+
+    topk: int
+    fetch: int
+    exclude_same_image: bool
+    chunk: int
 
 
 def score_queries(
     index,
-    query_vectors: np.ndarray,
-    query_class: np.ndarray,
-    query_image: np.ndarray,
+    queries: QuerySet,
     lookups: dict[str, RelevanceLookup],
-    topk: int,
-    fetch: int,
-    exclude_same_image: bool,
-    chunk: int,
+    plan: SearchPlan,
+    *,
     keep: np.ndarray | None = None,
     desc: str | None = None,
 ) -> Scores:
-    """Search ``query_vectors`` chunk by chunk and score each chunk's ranking (vectorised per chunk).
+    """Search the queries chunk by chunk and score each chunk's ranking (vectorised per chunk).
 
-    ``fetch`` items are retrieved per query (``topk`` plus room for the dropped same-image items);
-    the first ``topk`` of the (filtered) list are scored.  ``keep``: query rows whose top-5
-    (rows, distances, object-level relevance) are kept for the examples sheet.
+    ``keep``: query rows whose top-5 (rows, distances, object-level relevance) are kept for the
+    examples sheet.
     """
-    n_q = len(query_vectors)
-    fetch = max(1, min(fetch, index.ntotal))
-    keep_set = set(int(q) for q in (keep if keep is not None else []))
-    per_query: dict[str, dict[str, np.ndarray]] = {}
-    totals = {level: np.zeros(n_q, np.int64) for level in lookups}
-    examples: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    starts = range(0, n_q, chunk)
+    n_q = len(queries.vectors)
+    fetch = max(1, min(plan.fetch, index.ntotal))
+    keep_set = {int(q) for q in (keep if keep is not None else [])}
+    scores = Scores({}, {level: np.zeros(n_q, np.int64) for level in lookups})
+    starts = range(0, n_q, plan.chunk)
     for s in tqdm(starts, desc=desc, unit="chunk", disable=desc is None or len(starts) < 2):
-        e = min(s + chunk, n_q)
-        dist, ranked = break_ties(*index.search(np.ascontiguousarray(query_vectors[s:e], dtype=np.float32), fetch))
+        e = min(s + plan.chunk, n_q)
+        chunk = np.ascontiguousarray(queries.vectors[s:e], dtype=np.float32)
+        dist, ranked = break_ties(*index.search(chunk, fetch))
         for level, lookup in lookups.items():  # two levels
-            rel, total, shown = lookup(ranked, query_class[s:e], query_image[s:e], exclude_same_image)
-            values = per_query_metrics(rel[:, :topk], total)
-            store = per_query.setdefault(level, {k: np.full(n_q, np.nan) for k in values})
-            for key, v in values.items():
-                store[key][s:e] = v
-            totals[level][s:e] = total
-            for q in [q for q in keep_set if s <= q < e] if level == "O" else []:  # a few example queries
-                row = shown[q - s, :5]
-                # distance of each shown item: its slot in the unfiltered list (rows are unique per query)
-                slot = np.argmax(ranked[q - s][None, :] == row[:, None], axis=1)
-                examples[q] = (row, np.where(row >= 0, dist[q - s, slot], np.nan), rel[q - s, :5])
-    return Scores(per_query, totals, examples)
+            rel, total, shown = lookup(ranked, queries.class_code[s:e], queries.image_id[s:e], plan.exclude_same_image)
+            store = scores.per_query.setdefault(level, {})
+            for key, v in per_query_metrics(rel[:, : plan.topk], total).items():
+                store.setdefault(key, np.full(n_q, np.nan))[s:e] = v
+            scores.totals[level][s:e] = total
+            if level == "O":
+                _keep_examples(scores.examples, keep_set, s, e, dist, ranked, shown, rel)
+    return scores
 
 
-def choose_examples(masks: dict[str, np.ndarray], n: int, seed: int) -> np.ndarray:
-    """``n`` distinct query rows, seeded, taken round-robin over the non-empty size buckets."""
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(np.flatnonzero(masks[b])).tolist() for b in SIZE_BUCKETS if masks[b].any()]
-    chosen: list[int] = []
-    while len(chosen) < n and any(pools):
-        for pool in pools:  # at most 5 buckets per round
-            if pool and len(chosen) < n:
-                chosen.append(pool.pop())
-    return np.asarray(sorted(chosen), dtype=np.int64)
+def _keep_examples(examples: dict, keep: set[int], start: int, end: int, dist, ranked, shown, rel) -> None:
+    """The top-5 (gallery rows, distances, relevance) of the kept queries of one chunk."""
+    for q in (q for q in keep if start <= q < end):  # a few example queries
+        row = shown[q - start, :5]
+        # distance of each shown item: its slot in the unfiltered list (rows are unique per query)
+        slot = np.argmax(ranked[q - start][None, :] == row[:, None], axis=1)
+        examples[q] = (row, np.where(row >= 0, dist[q - start, slot], np.nan), rel[q - start, :5])
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+@dataclass
+class EvaluationSet:
+    """Everything one evaluation needs besides the embeddings, prepared once per gallery."""
+
+    gallery: pd.DataFrame  # object_id, image_id, box, in index row order
+    queries: pd.DataFrame  # the index stage's query rows (clipped boxes, area)
+    class_code: np.ndarray  # dense class code of each query
+    lookups: dict[str, RelevanceLookup]  # level -> relevance labels of the gallery
+    masks: dict[str, np.ndarray]  # subset -> query mask
+    plan: SearchPlan
+
+
+def prepare(index_dir: Path, test: ImageTable, tasks: dict, cfg: EvaluateParams) -> EvaluationSet:
+    """Read the index stage's tables and label the gallery (object and image level)."""
+    for needed in ("gallery.parquet", "queries.parquet"):
+        if not (index_dir / needed).exists():
+            raise MissingInputError(f"{index_dir / needed} not found; run the index stage first")
+    gallery = pd.read_parquet(index_dir / "gallery.parquet", columns=["object_id", "image_id", *BOX_COLUMNS])
+    queries = pd.read_parquet(index_dir / "queries.parquet")
+    gt = ground_truth(test)
+    # dense class codes shared by GT and queries (category ids may be large or sparse)
+    ids = [gt["category_id"].to_numpy(np.int64), queries["category_id"].to_numpy(np.int64)]
+    classes = np.unique(np.concatenate(ids))
+    gt_codes, q_codes = (np.searchsorted(classes, i) for i in ids)
+    # Excluding same-image items shortens lists: fetch enough to still fill topk.
+    per_image = int(gallery.groupby("image_id").size().max()) if len(gallery) else 0
+    fetch = cfg.topk + (per_image if cfg.exclude_same_image else 0)
+    return EvaluationSet(
+        gallery=gallery,
+        queries=queries,
+        class_code=q_codes,
+        lookups=relevance_lookups(gallery, gt, gt_codes, cfg.object_iou),
+        masks=query_masks(queries, known_category_ids(test.categories, tasks)),
+        plan=SearchPlan(cfg.topk, fetch, cfg.exclude_same_image, cfg.query_chunk),
+    )
+
+
+def summarize(scores: Scores, masks: dict[str, np.ndarray]) -> dict:
+    """``{subset: {"queries": n, "<level>-<metric>": value}}`` of one embedding."""
+    result: dict = {subset: {"queries": int(m.sum())} for subset, m in masks.items()}
+    for level in LEVELS:
+        for subset, values in summarize_per_query(scores.per_query[level], scores.totals[level], masks).items():
+            result[subset].update({f"{level}-{k}": values[k] for k in HEADLINE})
+    return result
+
+
+@dataclass
+class Evaluation:
+    """The metrics (the JSON written by the stage) and what the pictures are drawn from."""
+
+    metrics: dict
+    data: EvaluationSet
+    examples: dict  # query row -> (gallery rows, distances, relevant flags) of its top 5 (trained model)
 
 
 def evaluate_index(
@@ -187,89 +207,45 @@ def evaluate_index(
     test: ImageTable,
     tasks: dict,
     params: Params,
-    metrics_path: Path | None = None,
-    plots_dir: Path | None = None,
-    embeddings: tuple[str, ...] = EMBEDDINGS,
+    *,
+    embeddings: tuple[str, ...] = layout.EMBEDDINGS,
     header: dict | None = None,
-) -> dict:
+) -> Evaluation:
     """Metrics of every embedding indexed in ``index_dir`` on the dataset split ``test``.
 
     ``index_dir`` is an index stage output (gallery.parquet, queries.parquet, <embedding>/
     gallery.faiss + queries.npy); ``test`` the COCO table of the split it indexed (its GT boxes,
     queries or not, label the gallery); ``tasks`` the training dataset's ``tasks.json``.
-    Writes the metrics JSON to ``metrics_path`` and the pictures (per-bucket bars, retrieval
-    examples) into ``plots_dir`` when given.  ``embeddings``: the subfolders of ``index_dir`` to
-    score; ``header``: leading keys of the JSON (e.g. backbone, dataset). Keys: ``<embedding>.<subset>.<level>-<metric>``,
-    e.g. ``model.all.O-R@1``, ``model.size_0-20.O-mAP`` (paper mAP), ``O-mAP_std`` (standard AP).
+    ``header``: leading keys of the metrics (e.g. backbone, dataset). Metric keys:
+    ``<embedding>.<subset>.<level>-<metric>``, e.g. ``model.all.O-R@1``, ``model.size_0-20.O-mAP``
+    (paper mAP), ``O-mAP_std`` (standard AP). ``evaluate.examples`` queries of the trained model
+    keep their top 5 for the examples sheet.
     """
-    from stages.index.faiss_index import load_for_search
-
     cfg = params.evaluate
-    index_dir = Path(index_dir)
-    for needed in ("gallery.parquet", "queries.parquet"):
-        if not (index_dir / needed).exists():
-            raise FileNotFoundError(f"{index_dir / needed} not found; run the index stage first")
-    gallery = pd.read_parquet(index_dir / "gallery.parquet", columns=["object_id", "image_id", *BOX_COLUMNS])
-    queries = pd.read_parquet(index_dir / "queries.parquet")
-    gt = ground_truth(test)
-    # dense class codes shared by GT and queries (category ids may be large or sparse)
-    classes = np.unique(
-        np.concatenate([gt["category_id"].to_numpy(np.int64), queries["category_id"].to_numpy(np.int64)])
-    )
-    gt_codes = np.searchsorted(classes, gt["category_id"].to_numpy(np.int64))
-    q_class = np.searchsorted(classes, queries["category_id"].to_numpy(np.int64))
-    q_image = queries["image_id"].to_numpy(np.int64)
-    lookups = relevance_lookups(gallery, gt, gt_codes, cfg.object_iou)
-    known_ids = known_category_ids(test.categories, tasks)
-    masks = query_masks(queries, known_ids)
-    # Excluding same-image items shortens lists: fetch enough to still fill topk.
-    per_image = int(gallery.groupby("image_id").size().max()) if len(gallery) else 0
-    fetch = cfg.topk + (per_image if cfg.exclude_same_image else 0)
-    examples = choose_examples(masks, cfg.examples, params.seed) if plots_dir is not None else None
-
+    data = prepare(Path(index_dir), test, tasks, cfg)
+    keep = choose_examples(data.masks, cfg.examples, params.seed)
     metrics: dict = {
         **(header or {}),
         "groups": params.groups,
         "task": params.task,
-        "gallery": len(gallery),
-        "queries": len(queries),
+        "gallery": len(data.gallery),
+        "queries": len(data.queries),
     }
-    scores: dict[str, Scores] = {}
+    examples: dict = {}
     for name in embeddings:
-        index_file = index_dir / name / "gallery.faiss"
+        index_file = Path(index_dir) / name / "gallery.faiss"
         if not index_file.exists():
-            raise FileNotFoundError(f"{index_file} not found; run the index stage first")
+            raise MissingInputError(f"{index_file} not found; run the index stage first")
+        queries = QuerySet(
+            np.load(Path(index_dir) / name / "queries.npy", mmap_mode="r"),
+            data.class_code,
+            data.queries["image_id"].to_numpy(np.int64),
+        )
         index = load_for_search(index_file, params.index)
-        vectors = np.load(index_dir / name / "queries.npy", mmap_mode="r")
-        sc = score_queries(
-            index,
-            vectors,
-            q_class,
-            q_image,
-            lookups,
-            cfg.topk,
-            fetch,
-            cfg.exclude_same_image,
-            cfg.query_chunk,
-            keep=examples if name == "model" else None,
-            desc=f"search ({name})",
+        is_model = name == "model"
+        scores = score_queries(
+            index, queries, data.lookups, data.plan, keep=keep if is_model else None, desc=f"search ({name})"
         )
-        scores[name] = sc
-        result: dict = {subset: {"queries": int(m.sum())} for subset, m in masks.items()}
-        for level in LEVELS:
-            summary = summarize_per_query(sc.per_query[level], sc.totals[level], masks)
-            for subset, values in summary.items():
-                result[subset].update({f"{level}-{k}": values[k] for k in HEADLINE})
-        metrics[name] = result
-    if metrics_path is not None:
-        _atomic_json(metrics_path, metrics)
-    if plots_dir is not None and "model" in scores:
-        from stages.evaluate.plots import write_bucket_plots, write_examples_sheet
-
-        write_bucket_plots(metrics, plots_dir)
-        ex = scores["model"].examples
-        names = dict(zip(test.categories["category_id"], test.categories["name"]))
-        write_examples_sheet(
-            ex, queries, gallery, test.images, names, Path(plots_dir) / "examples.png", params.extract.crop_size
-        )
-    return metrics
+        examples = scores.examples if is_model else examples
+        metrics[name] = summarize(scores, data.masks)
+    return Evaluation(metrics, data, examples)

@@ -17,13 +17,17 @@ import numpy as np
 
 from stages import layout
 from stages.config import ExtractParams, Params
-from stages.data.table import load_split
+from stages.errors import InputError, MissingInputError
 from stages.extract.extraction import Engine, extract_dataset
 from stages.extract.local import local_results
 from stages.extract.proposals import Proposals, image_objects
 from stages.extract.resume import extract_fingerprint
+from stages.tables import load_split
 
 log = logging.getLogger(__name__)
+
+# Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
+PARAMS = ("extract",)
 
 __all__ = ["EXTRACTORS", "Extractor", "build_extractor", "image_objects", "extract_tables", "extract_tables_ray", "run"]
 
@@ -53,7 +57,7 @@ def build_extractor(cfg: ExtractParams) -> Extractor:
     try:
         builder = EXTRACTORS[cfg.extractor]
     except KeyError:
-        raise ValueError(f"unknown extractor {cfg.extractor!r}; valid: {sorted(EXTRACTORS)}") from None
+        raise InputError(f"unknown extractor {cfg.extractor!r}; valid: {sorted(EXTRACTORS)}") from None
     return builder(cfg)
 
 
@@ -84,12 +88,13 @@ def extract_tables_ray(
         return extract_dataset(tables, objects_dir, engine, cfg.extractor, cfg, fingerprint)
 
 
-def run(params: Params, dataset: str | None = None) -> None:
-    name = params.dataset(dataset)
+def run(params: Params, dataset: str) -> None:
+    """Extract the objects of every split of ``dataset`` into ``data/<dataset>/objects/`` (resumable)."""
+    name = dataset
     cfg = params.extract
     splits = layout.dataset_splits(name)
     if not splits:
-        raise FileNotFoundError(f"no dataset tables in {layout.dataset_dir(name)}; run the data stage")
+        raise MissingInputError(f"no dataset tables in {layout.dataset_dir(name)}; run the data stage")
     files = [layout.dataset_dir(name) / f"{split}.json" for split in splits]
     tables = {split: load_split(f).images for split, f in zip(splits, files)}
     fingerprint = extract_fingerprint(cfg, files)

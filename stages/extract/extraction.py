@@ -9,7 +9,6 @@ run would: object ids follow the image order of the tables, split after split.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -18,9 +17,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from stages.atomic import write_json
 from stages.config import ExtractParams
 from stages.extract.local import ImageResult
-from stages.extract.resume import SUMMARY, Manifest, ShardRecord, atomic_write_text, open_manifest
+from stages.extract.resume import SUMMARY, Manifest, ShardRecord, open_manifest
 from stages.shards import ShardWriter, objects_table
 
 log = logging.getLogger(__name__)
@@ -151,5 +151,5 @@ def extract_dataset(
         log.info(
             "extract: %s: %d objects from %d images (%d skipped)", split, s["objects"], s["images"], s["skipped_images"]
         )
-    atomic_write_text(objects_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_json(objects_dir / SUMMARY, summary)
     return summary

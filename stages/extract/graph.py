@@ -44,7 +44,7 @@ from skimage.segmentation import felzenszwalb
 
 from stages.boxes import nms
 from stages.config import GraphExtractorParams
-from stages.extract.crops import to_rgb_uint8
+from stages.crops import to_rgb_uint8
 
 __all__ = ["GraphExtractor"]
 

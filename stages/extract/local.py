@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from stages.config import ExtractParams
-from stages.extract.crops import read_image
+from stages.crops import read_image
 from stages.extract.proposals import image_objects
 
 __all__ = ["ImageResult", "local_results", "prefetch_images"]

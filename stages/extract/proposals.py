@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stages.boxes import box_area, clip_boxes, valid_boxes
-from stages.extract.crops import crop_boxes, encode_crop
+from stages.crops import crop_boxes, encode_crop
 
 __all__ = ["Proposals", "as_proposals", "image_objects"]
 

@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow as pa
 
 from stages.config import ExtractParams
+from stages.crops import read_image
 from stages.errors import UserError
-from stages.extract.crops import read_image
 from stages.extract.local import ImageResult
 from stages.extract.proposals import image_objects
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from stages.atomic import write_text
 from stages.config import ExtractParams
 from stages.shards import shard_paths
 
@@ -88,7 +88,7 @@ class Manifest:
             "fingerprint": self.fingerprint,
             "splits": {k: asdict(v) for k, v in self.splits.items()},
         }
-        atomic_write_text(Path(directory) / MANIFEST, json.dumps(data) + "\n")
+        write_text(Path(directory) / MANIFEST, json.dumps(data) + "\n")
 
     @classmethod
     def read(cls, directory: Path) -> "Manifest | None":
@@ -103,12 +103,6 @@ class Manifest:
             return cls(fingerprint=str(data["fingerprint"]), splits=splits)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def open_manifest(directory: Path, fingerprint: str, splits: list[str]) -> Manifest:

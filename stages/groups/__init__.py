@@ -2,38 +2,39 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
 
 from stages import layout
+from stages.atomic import write_json, write_parquet
 from stages.config import Params
 from stages.groups.plot import plot_area_histogram
 from stages.groups.quantiles import assign_groups, group_boundaries
 
 log = logging.getLogger(__name__)
 
+# Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
+PARAMS = ("groups",)
+
 
 def run(params: Params) -> None:
+    """Assign each training object its scale group (area quantiles) and draw the size histogram."""
     out = layout.GROUPS
-    out.mkdir(parents=True, exist_ok=True)
     objects = pd.read_parquet(layout.SPLITS / "train_objects.parquet")
     areas = objects["area"].to_numpy(np.float64)
     boundaries = group_boundaries(areas, params.groups)
     group = assign_groups(areas, boundaries)
     counts = np.bincount(group, minlength=params.groups)
-    pd.DataFrame({"object_id": objects["object_id"], "group": group}).to_parquet(
-        out / "assignment.parquet", index=False
-    )
+    write_parquet(out / "assignment.parquet", pd.DataFrame({"object_id": objects["object_id"], "group": group}))
     info = {
         "groups": params.groups,
         "area_boundaries": [round(float(b), 3) for b in boundaries],
         "side_boundaries_px": [round(float(np.sqrt(b)), 3) for b in boundaries],
         "counts": counts.tolist(),
     }
-    (out / "boundaries.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "boundaries.json", info)
     plot_area_histogram(areas, boundaries, counts, out / "area_hist.png")
     log.info(
         "groups: %d groups, sizes %s, side boundaries %s px", params.groups, counts.tolist(), info["side_boundaries_px"]

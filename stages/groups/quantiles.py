@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from stages.errors import InputError
+
 
 def group_boundaries(areas: np.ndarray, k: int) -> np.ndarray:
     """The k-1 inner area boundaries that split ``areas`` into k equal-count groups (quantiles)."""
     if k < 1:
-        raise ValueError(f"the number of groups must be >= 1, got {k}")
+        raise InputError(f"the number of groups must be >= 1, got {k}")
     if len(areas) == 0:
-        raise ValueError("cannot form scale groups from zero objects")
+        raise InputError("cannot form scale groups from zero objects")
     return np.quantile(np.asarray(areas, dtype=np.float64), np.arange(1, k) / k)
 
 

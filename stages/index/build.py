@@ -2,7 +2,7 @@
 
 Streamed: gallery crops are decoded and embedded ``index.chunk_rows`` at a time and written as
 embedding shards; the FAISS index is then built shard by shard (IVF-PQ trained on a sample), so
-no step holds all crops or all raw vectors (see :mod:`stages.index.faiss_index`).
+no step holds all crops or all raw vectors (see :mod:`stages.vectors.faiss_index`).
 
 Two embeddings are indexed side by side: ``model`` (the trained model) and ``pretrained``
 (the same backbone with no training), so every run reports its untrained baseline.
@@ -10,9 +10,7 @@ Two embeddings are indexed side by side: ``model`` (the trained model) and ``pre
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,16 +21,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from stages import layout
+from stages.atomic import atomic_path, save_npy, write_json, write_parquet
 from stages.boxes import clip_boxes, valid_boxes
 from stages.config import Params
-from stages.data.table import ImageTable
-from stages.extract.crops import crop_boxes, read_image
-from stages.index import EMBEDDINGS
-from stages.index.embed import crops_to_tensor, decode_to_tensor, embed_chunk, iter_encoded_chunks
-from stages.index.faiss_index import build_from_shards
-from stages.index.vectors import VectorShardWriter, save_npy, vector_shards
+from stages.crops import crop_boxes, read_image
+from stages.crops.tensors import crops_to_tensor, decode_to_tensor
+from stages.errors import InputError, MissingInputError
+from stages.index.embed import embed_chunk, iter_encoded_chunks
+from stages.model import load_model, pretrained_model
 from stages.shards import BOX_COLUMNS, shard_paths
-from stages.train.model import StudentModel, build_student, load_model, meta_options
+from stages.tables import ImageTable
+from stages.vectors.faiss_index import build_from_shards
+from stages.vectors.shards import VectorShardWriter, vector_shards
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,6 @@ def iter_query_crops(test: ImageTable, crop_size: int, chunk: int) -> Iterator[t
         yield pd.concat(rows, ignore_index=True), crops
 
 
-def pretrained_model(meta: dict) -> StudentModel:
-    """The baseline of a saved model: its backbone with the pretrained weights, no head, no training."""
-    return build_student(
-        meta["backbone"], 0, meta["teacher_dim"], meta["embed_dim"], meta["input_size"], options=meta_options(meta)
-    ).eval()
-
-
 def embed_gallery(objects_dir: Path, nets: dict, out: Path, params: Params) -> int:
     """Embed the test objects chunk by chunk (decode, embed with every net, write shards); returns their count.
 
@@ -91,31 +85,28 @@ def embed_gallery(objects_dir: Path, nets: dict, out: Path, params: Params) -> i
     """
     paths = shard_paths(objects_dir, "test")
     if not paths:
-        raise FileNotFoundError(f"no object shards for split 'test' in {objects_dir}; run the extract stage")
+        raise MissingInputError(f"no object shards for split 'test' in {objects_dir}; run the extract stage")
     columns = ["object_id", "image_id", *BOX_COLUMNS, "area", "score"]
     writers = {name: VectorShardWriter(out / name, "gallery") for name in nets}
     n = 0
-    tmp = out / "gallery.parquet.tmp"
-    meta_writer: pq.ParquetWriter | None = None
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
-    with tqdm(total=total, desc="embed gallery", unit="obj") as bar:
+    size = next(iter(nets.values())).input_size
+    with atomic_path(out / "gallery.parquet") as tmp, tqdm(total=total, desc="embed gallery", unit="obj") as bar:
+        meta_writer: pq.ParquetWriter | None = None
         for chunk in iter_encoded_chunks(paths, columns + ["crop"], params.index.chunk_rows):
             if not len(chunk):
                 continue
-            crops = decode_to_tensor(chunk["crop"].tolist(), next(iter(nets.values())).input_size)
-            for (name, net), vectors in zip(
-                nets.items(), embed_chunk(list(nets.values()), crops, params.index.batch_size)
-            ):
+            crops = decode_to_tensor(chunk["crop"].tolist(), size)
+            for name, vectors in zip(nets, embed_chunk(list(nets.values()), crops, params.index.batch_size)):
                 writers[name].add(vectors)
             table = pa.Table.from_pandas(chunk[columns], preserve_index=False)
             meta_writer = meta_writer or pq.ParquetWriter(tmp, table.schema)
             meta_writer.write_table(table)
             n += len(chunk)
             bar.update(len(chunk))
-    if meta_writer is None:
-        raise ValueError("the gallery is empty: no objects were extracted from the test images")
-    meta_writer.close()
-    os.replace(tmp, out / "gallery.parquet")
+        if meta_writer is None:
+            raise InputError("the gallery is empty: no objects were extracted from the test images")
+        meta_writer.close()
     return n
 
 
@@ -128,10 +119,9 @@ def embed_queries(test: ImageTable, nets: dict, out: Path, params: Params) -> in
             vectors[name].append(v)  # queries are GT boxes: thousands, not millions
         rows.append(q_rows)
     if not rows:
-        raise ValueError("no queries: the test images have no usable ground-truth boxes")
+        raise InputError("no queries: the test images have no usable ground-truth boxes")
     queries = pd.concat(rows, ignore_index=True)
-    queries.to_parquet(out / "queries.parquet.tmp", index=False)
-    os.replace(out / "queries.parquet.tmp", out / "queries.parquet")
+    write_parquet(out / "queries.parquet", queries)
     for name, parts in vectors.items():
         save_npy(out / name / "queries.npy", np.concatenate(parts))
     return len(queries)
@@ -146,7 +136,7 @@ def build_index_dir(out: Path, model_path: Path, test: ImageTable, objects_dir: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model, meta = load_model(model_path)
-    nets = dict(zip(EMBEDDINGS, (model, pretrained_model(meta))))
+    nets = dict(zip(layout.EMBEDDINGS, (model, pretrained_model(meta))))
     for name in nets:
         (out / name).mkdir(exist_ok=True)
     n_gallery = embed_gallery(objects_dir, nets, out, params)
@@ -156,12 +146,11 @@ def build_index_dir(out: Path, model_path: Path, test: ImageTable, objects_dir: 
         index, kind = build_from_shards(
             vector_shards(out / name, "gallery"), params.index, seed=params.seed, desc=f"index ({name})"
         )
-        tmp = out / name / "gallery.faiss.tmp"
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, out / name / "gallery.faiss")
+        with atomic_path(out / name / "gallery.faiss") as tmp:
+            faiss.write_index(index, str(tmp))
         info[name] = {"type": kind, "dim": int(index.d), "ntotal": int(index.ntotal)}
         log.info(
             "index: %s: %s index of %d gallery objects, %d queries, %d-d", name, kind, index.ntotal, n_queries, index.d
         )
-    (out / "index.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "index.json", info)
     return info

@@ -13,14 +13,13 @@ import torch
 from stages import layout
 from stages.boxes import clip_boxes
 from stages.config import Params
-from stages.data.table import load_split
+from stages.crops import crop_boxes, read_image
+from stages.crops.tensors import crops_to_tensor
 from stages.errors import UserError
-from stages.extract.crops import crop_boxes, read_image
-from stages.index.build import pretrained_model
-from stages.index.embed import crops_to_tensor
-from stages.index.faiss_index import load_for_search
+from stages.model import load_model, pretrained_model
 from stages.shards import BOX_COLUMNS
-from stages.train.model import load_model
+from stages.tables import load_split
+from stages.vectors.faiss_index import load_for_search
 
 
 @dataclass(frozen=True)

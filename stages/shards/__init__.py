@@ -13,12 +13,14 @@ compressed RLE JSON ``{"size": [h, w], "counts": "..."}`` (null when masks are n
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from stages.atomic import atomic_path
+from stages.errors import MissingInputError
 
 OBJECT_SCHEMA = pa.schema(
     [
@@ -96,9 +98,8 @@ class ShardWriter:
 
     def _write(self, table: pa.Table) -> Path:
         final = shard_path(self.directory, self.split, self.index)
-        tmp = final.with_name(final.name + ".tmp")
-        pq.write_table(table.cast(OBJECT_SCHEMA), tmp, compression="zstd")
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            pq.write_table(table.cast(OBJECT_SCHEMA), tmp, compression="zstd")
         self.written.append(final)
         self.index += 1
         return final
@@ -124,6 +125,6 @@ def read_objects(directory: Path, split: str, columns: list[str] | None = None) 
     """All objects of a split as a DataFrame (``columns`` limits what is read)."""
     paths = shard_paths(directory, split)
     if not paths:
-        raise FileNotFoundError(f"no object shards for split '{split}' in {directory}; run the extract stage")
+        raise MissingInputError(f"no object shards for split '{split}' in {directory}; run the extract stage")
     tables = [pq.read_table(p, columns=columns) for p in paths]
     return pa.concat_tables(tables).to_pandas()

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
 
 from stages import layout
+from stages.atomic import write_json, write_parquet
 from stages.config import Params
-from stages.data.table import load_split
 from stages.metrics.relevance import relevant_classes
 from stages.shards import BOX_COLUMNS, read_objects
 from stages.splits.tasks import known_mask, task_of_categories
+from stages.tables import load_split
 
 log = logging.getLogger(__name__)
+
+# Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
+PARAMS = ("task", "train_on")
 
 
 def training_objects(objects: pd.DataFrame, gt: pd.DataFrame, known_ids: np.ndarray) -> np.ndarray:
@@ -33,8 +36,8 @@ def training_objects(objects: pd.DataFrame, gt: pd.DataFrame, known_ids: np.ndar
 
 
 def run(params: Params) -> None:
+    """Write the task split of the ``train_on`` dataset (tasks.json) and its training objects."""
     out = layout.SPLITS
-    out.mkdir(parents=True, exist_ok=True)
     train = load_split(layout.dataset_dir(params.train_on) / "train.json")
     cats = train.categories
     task_index = task_of_categories(cats["name"].tolist())
@@ -47,13 +50,13 @@ def run(params: Params) -> None:
         "known_names": cats["name"][known].tolist(),  # other datasets match known classes by name
         "unknown": cats["category_id"].to_numpy(np.int64)[~known].tolist(),
     }
-    (out / "tasks.json").write_text(json.dumps(tasks, indent=2) + "\n")
+    write_json(out / "tasks.json", tasks)
     objects = read_objects(
         layout.objects_dir(params.train_on), "train", columns=["object_id", "image_id", *BOX_COLUMNS, "area"]
     )
     keep = training_objects(objects, train.boxes, known_ids)
     chosen = objects.loc[keep, ["object_id", "image_id", "area"]].reset_index(drop=True)
-    chosen.to_parquet(out / "train_objects.parquet", index=False)
+    write_parquet(out / "train_objects.parquet", chosen)
     log.info(
         "splits: task %d: %d known classes, %d/%d training objects",
         params.task,

@@ -11,17 +11,28 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from stages import layout
-from stages.backbones import learning_rate
-from stages.config import Params, TrainParams, dump_params
-from stages.index.embed import decode_to_tensor
+from stages import codebase, layout
+from stages.atomic import write_text
+from stages.backbones import check_options
+from stages.config import Params, TrainParams, dump_params, stage_keys
+from stages.crops.tensors import decode_to_tensor
+from stages.errors import InputError
+from stages.model import backbone_meta, build_student, save_model
 from stages.shards import read_objects
-from stages.train.model import backbone_meta, build_student, save_model
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+# Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
+PARAMS = ("seed", "groups", "train", "train_on", "backbone_options.{backbone}")
+TRAIN_PARAMS_AFTER_TRAINING = {"embed_head"}  # read when the model embeds, never by a training step
+
+
+def training_code() -> set[str]:
+    """The modules a training run executes: the import closure of this package (stages.codebase)."""
+    return codebase.closure([__name__])
 
 
 def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFrame, torch.Tensor]:
@@ -32,20 +43,16 @@ def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFram
     table = chosen.merge(groups, on="object_id", how="left", validate="one_to_one")
     table = table.merge(shards, on="object_id", how="inner", validate="one_to_one")
     if table["group"].isna().any():
-        raise ValueError("some training objects have no scale group; rerun the groups stage")
+        raise InputError("some training objects have no scale group; rerun the groups stage")
     crops = decode_to_tensor(table["crop"].tolist(), input_size)
     return table.drop(columns="crop"), crops
 
 
-TRAINING_CODE = ("train", "losses", "samplers", "backbones")
-TRAIN_PARAMS_AFTER_TRAINING = {"embed_head"}  # read when the model embeds, never by a training step
-
-
 def resolved_train_params(params: Params, backbone: str) -> TrainParams:
-    """``params.train`` with the learning rate this backbone trains at: ``backbone_options.<name>.lr``,
-    else ``train.lr``, else the backbone's default (1e-4 GoogLeNet, 3e-5 MiT-B2/ViT-B, ...)."""
-    lr = learning_rate(backbone, params.backbone_options.get(backbone), fallback=params.train.lr)
-    return params.train.model_copy(update={"lr": lr})
+    """``params.train`` with the learning rate this backbone trains at (see resolve_train_params)."""
+    from stages.train.loop import resolve_train_params
+
+    return resolve_train_params(params.train, backbone, params.backbone_options.get(backbone))
 
 
 def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, crops) -> str:
@@ -55,25 +62,22 @@ def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, crops) ->
     cfg = resolved_train_params(params, backbone).model_dump(mode="json", exclude=TRAIN_PARAMS_AFTER_TRAINING)
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
     h.update(json.dumps(backbone_meta(backbone, params.backbone_options.get(backbone)), sort_keys=True).encode())
-    package = Path(__file__).resolve().parents[1]
-    for path in sorted(p for folder in TRAINING_CODE for p in (package / folder).rglob("*.py")):
-        h.update(path.relative_to(package).as_posix().encode())
-        h.update(path.read_bytes())
+    h.update(codebase.code_hash(training_code()).encode())
     h.update(str((params.seed, params.groups)).encode())
     h.update(np.ascontiguousarray(object_ids).tobytes())
     h.update(crops.numpy().tobytes())
     return h.hexdigest()
 
 
-def run(params: Params, backbone: str | None = None, stop_after: int | None = None) -> None:
-    """Train ``backbone`` (default: the first of ``backbones``) into ``models/<backbone>/``."""
-    from stages.train.loop import LOG_COLUMNS, train_model
+def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
+    """Train ``backbone`` into ``models/<backbone>/`` (model.pt, params.json, train_log.tsv)."""
+    from stages.train.loop import LOG_COLUMNS, RunFiles, TrainingSet, train_model
 
-    backbone = params.backbone(backbone)
-    cfg = resolved_train_params(params, backbone)
     options = params.backbone_options.get(backbone)
+    if options is not None:
+        check_options({backbone: options})
+    cfg = resolved_train_params(params, backbone)
     out = layout.model_dir(backbone)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "method": cfg.method,
         **backbone_meta(backbone, options),
@@ -86,27 +90,28 @@ def run(params: Params, backbone: str | None = None, stop_after: int | None = No
     }
     if cfg.method == "none":
         model = build_student(backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, options=options)
-        (out / "train_log.tsv").write_text("\t".join(LOG_COLUMNS) + "\n")
+        write_text(out / "train_log.tsv", "\t".join(LOG_COLUMNS) + "\n")
     else:
         table, crops = load_training_crops(layout.objects_dir(params.train_on), cfg.input_size)
         if len(table) == 0:
-            raise ValueError("no training objects: check the extract and splits stages")
+            raise InputError("no training objects: check the extract and splits stages")
         log.info("train: %s on %d training crops, %d steps", cfg.method, len(table), cfg.steps)
+        out.mkdir(parents=True, exist_ok=True)
         result = train_model(
             cfg,
-            crops,
-            table["group"].to_numpy(np.int64),
-            params.groups,
-            params.seed,
-            out / "checkpoint.pt",
-            out / "train_log.tsv",
-            fingerprint(params, backbone, table["object_id"].to_numpy(), crops),
-            stop_after=stop_after,
+            TrainingSet(crops, table["group"].to_numpy(np.int64), params.groups),
+            RunFiles(
+                out / "checkpoint.pt",
+                out / "train_log.tsv",
+                fingerprint(params, backbone, table["object_id"].to_numpy(), crops),
+            ),
+            seed=params.seed,
             backbone=backbone,
             options=options,
+            stop_after=stop_after,
         )
         model = result.student
         if not result.is_main or (stop_after is not None and stop_after < cfg.steps):
             return  # under torchrun only rank 0 writes
     save_model(out / "model.pt", model, meta)
-    dump_params(params, out / "params.json")
+    dump_params(params, stage_keys(PARAMS, backbone=backbone), out / "params.json")

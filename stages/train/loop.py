@@ -25,23 +25,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from stages.atomic import save_torch, write_text
 from stages.backbones import DEFAULT_BACKBONE, learning_rate
 from stages.config import BackboneOptions, TrainParams
-from stages.train.methods import (  # noqa: F401  (re-exported for callers of the old module)
-    LOSS_TERMS,
-    N_VIEWS,
-    Method,
-    build_method,
-    kmeans_centroids,
-    mixed_scale_sets,
-    ugcml_terms,
-)
-from stages.train.model import StudentModel, TeacherModel, build_student
+from stages.model import StudentModel, TeacherModel, build_student
+from stages.train.methods import LOSS_TERMS, Method, build_method
 from stages.train.optim import AdamP
 from stages.train.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ["step", "lr", "loss", "rc_h", "rc_l", "self_distill", "ckd"]
+LOG_COLUMNS = ["step", "lr", *LOSS_TERMS]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -150,7 +143,7 @@ class Engine:
         self.sched.step()
         if self.teacher is not None:
             self.teacher.ema_update(self.student, self.ema)
-        return lr, torch.stack([terms[k].detach().float() for k in LOG_COLUMNS[2:]]).tolist()  # one sync
+        return lr, torch.stack([terms[k].detach().float() for k in LOSS_TERMS]).tolist()  # one sync
 
 
 @dataclass
@@ -178,55 +171,70 @@ class BatchLoader:
         return self.buffer.to(self.device, non_blocking=True).float().div_(255)
 
 
+def resolve_train_params(cfg: TrainParams, backbone: str, options: BackboneOptions | None) -> TrainParams:
+    """``cfg`` with the learning rate ``backbone`` trains at: ``backbone_options.<name>.lr``, else
+    ``train.lr``, else the backbone's default (the one place this precedence is applied)."""
+    return cfg.model_copy(update={"lr": learning_rate(backbone, options, fallback=cfg.lr)})
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What a run trains on: uint8 crops ``[N, 3, S, S]`` and each crop's scale group."""
+
+    crops: torch.Tensor
+    group_of: np.ndarray  # [N] group of each crop (ms_ugcml: one head per group)
+    n_groups: int
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run keeps its state: the resumable checkpoint, the per-step log, and the run's
+    identity (a checkpoint of another fingerprint is not resumed)."""
+
+    checkpoint: Path
+    log: Path
+    fingerprint: str
+
+
 def train_model(
     cfg: TrainParams,
-    crops: torch.Tensor,
-    group_of: np.ndarray,
-    n_groups: int,
+    data: TrainingSet,
+    files: RunFiles,
+    *,
     seed: int,
-    checkpoint: Path,
-    log_path: Path,
-    fingerprint: str,
-    stop_after: int | None = None,
     backbone: str = DEFAULT_BACKBONE,
     options: BackboneOptions | None = None,
+    stop_after: int | None = None,
     runtime: Runtime | None = None,
 ) -> TrainResult:
-    """Train ``cfg.method`` (ms_ugcml, stml, ntxent) on uint8 crops [N, 3, S, S].
+    """Train ``cfg.method`` (ms_ugcml, stml, ntxent) on ``data``; ``cfg.lr`` must be resolved
+    (:func:`resolve_train_params`).
 
-    ``group_of`` [N] is each crop's scale group (ms_ugcml has one head per group; stml and ntxent
-    use one group). ``stop_after`` stops early as a crash would (tests). ``backbone`` is a registry
-    name, built as ``options`` (``backbone_options.<name>``: weights, init) say. Only rank 0 writes
-    the checkpoint and the log; every rank returns the same trained student (on the CPU).
+    stml and ntxent use one group. ``stop_after`` stops early as a crash would (tests).
+    ``backbone`` is a registry name, built as ``options`` (``backbone_options.<name>``: weights,
+    init) say. Only rank 0 writes the checkpoint and the log; every rank returns the same trained
+    student (on the CPU).
     """
-    cfg = cfg.model_copy(update={"lr": learning_rate(backbone, options, fallback=cfg.lr)})  # as the train stage does
+    if cfg.lr is None:
+        raise ValueError(
+            "train_model needs a resolved learning rate: pass resolve_train_params(cfg, backbone, options)"
+        )
     rt = runtime or resolve_runtime(cfg)
     try:
-        return _train(
-            cfg,
-            (backbone, options),
-            crops,
-            group_of,
-            n_groups,
-            seed,
-            Path(checkpoint),
-            Path(log_path),
-            fingerprint,
-            stop_after,
-            rt,
-        )
+        return _train(cfg, data, files, seed=seed, net=(backbone, options), stop_after=stop_after, rt=rt)
     finally:
         rt.close()
 
 
 def _train(
-    cfg, backbone, crops, group_of, n_groups, seed, checkpoint, log_path, fingerprint, stop_after, rt: Runtime
+    cfg: TrainParams, data: TrainingSet, files: RunFiles, *, seed: int, net: tuple, stop_after: int | None, rt: Runtime
 ) -> TrainResult:
+    crops, group_of, n_groups = data.crops, data.group_of, data.n_groups
     if cfg.method != "ms_ugcml":
         group_of, n_groups = np.zeros(len(crops), dtype=np.int64), 1
     rt.rows(cfg.queries * cfg.neighbours)  # the global batch splits evenly over the processes
     gen = seed_everything(seed)
-    name, options = backbone
+    name, options = net
     student = build_student(
         name, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head, options=options
     )
@@ -245,18 +253,24 @@ def _train(
         "scaler": scaler,
         "method": method,
     }
-    start = _resume(checkpoint, fingerprint, parts, gen, state, rt.device)
+    start = _resume(files.checkpoint, files.fingerprint, parts, gen, state, rt.device)
     if rt.is_main:  # the log is rewritten from the checkpoint's history: it always matches the weights
-        log_path.write_text("".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
+        write_text(files.log, "".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
     student.train_mode(cfg.freeze_bn)
-    backbone = student.backbone
-    if rt.distributed:  # averages the backbone gradients of the ranks' slices; heads see all rows
-        backbone = DistributedDataParallel(backbone, device_ids=[rt.device] if rt.device.type == "cuda" else None)
-    teacher_fwd = teacher
-    if rt.compile:
-        backbone = torch.compile(backbone)
-        teacher_fwd = torch.compile(teacher) if teacher is not None else None
-    load = BatchLoader(crops, rt.device)
+    student_fwd, teacher_fwd = _forward_modules(student, teacher, rt)
+    engine = Engine(
+        rt,
+        method,
+        student,
+        student_fwd,
+        teacher,
+        teacher_fwd,
+        BatchLoader(crops, rt.device),
+        opt,
+        sched,
+        scaler,
+        cfg.ema,
+    )
 
     def embed_all():
         return refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt)
@@ -269,7 +283,6 @@ def _train(
         unit="step",
         disable=not rt.is_main,
     )
-    engine = Engine(rt, method, student, backbone, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema)
     for step in bar:
         method.before_step(step, embed_all, rt)
         lr, values = engine.step(gen)
@@ -277,15 +290,31 @@ def _train(
         state["history"].append(row)
         done = step + 1
         if rt.is_main:
-            with open(log_path, "a") as f:
+            with open(files.log, "a") as f:
                 f.write("\t".join(row) + "\n")
             bar.set_postfix(loss=row[2], lr=f"{lr:.2e}")
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _save(checkpoint, fingerprint, done, parts, gen, state)
+                _save(files.checkpoint, files.fingerprint, done, parts, gen, state)
         if stop_after is not None and done >= stop_after:
             break
     rt.barrier()  # rank 0's checkpoint is complete before any rank moves on
     return TrainResult(student.to("cpu").eval(), cfg.steps, start, rt.is_main)
+
+
+def _forward_modules(
+    student: StudentModel, teacher: TeacherModel | None, rt: Runtime
+) -> tuple[nn.Module, nn.Module | None]:
+    """The modules a step calls: the student's backbone (wrapped in DDP under torchrun, so the
+    ranks' backbone gradients are averaged; heads see all rows) and the teacher, both compiled
+    when ``train.compile`` applies."""
+    backbone: nn.Module = student.backbone
+    if rt.distributed:
+        backbone = DistributedDataParallel(backbone, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    teacher_fwd: nn.Module | None = teacher
+    if rt.compile:
+        backbone = torch.compile(backbone)
+        teacher_fwd = torch.compile(teacher) if teacher is not None else None
+    return backbone, teacher_fwd
 
 
 def _save(path: Path, fingerprint: str, step: int, parts: dict, gen: torch.Generator, extra: dict) -> None:
@@ -297,9 +326,7 @@ def _save(path: Path, fingerprint: str, step: int, parts: dict, gen: torch.Gener
         "generator": gen.get_state(),
         "history": json.dumps(extra["history"]),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_torch(path, state)
 
 
 def _resume(path: Path, fingerprint: str, parts: dict, gen: torch.Generator, extra: dict, device: torch.device) -> int:

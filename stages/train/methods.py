@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from stages.config import TrainParams
+from stages.errors import InputError
 from stages.losses import (
     anchor_nt_xent,
     collaborative_distillation,
@@ -166,7 +167,7 @@ METHODS: dict[str, type[Method]] = {"ms_ugcml": RelaxedContrastive, "stml": Rela
 
 def build_method(cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: int) -> Method:
     if cfg.method not in METHODS:
-        raise ValueError(f"train.method {cfg.method!r} does not train (choose one of {sorted(METHODS)})")
+        raise InputError(f"train.method {cfg.method!r} does not train (choose one of {sorted(METHODS)})")
     return METHODS[cfg.method](cfg, group_of, n_groups, seed)
 
 

@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 from stages.config import TrainParams
+from stages.errors import InputError
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,7 +54,7 @@ class Runtime:
     def rows(self, n: int) -> tuple[int, int]:
         """This rank's slice [lo, hi) of a global batch of n crops (n divisible by the world)."""
         if n % self.world:
-            raise ValueError(
+            raise InputError(
                 f"train: the global batch ({n} crops) must be divisible by the {self.world} processes (train.nproc)"
             )
         b = n // self.world
@@ -125,7 +126,7 @@ def resolve_runtime(cfg: TrainParams) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+        raise InputError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())

@@ -78,12 +78,12 @@ def test_unknown_name_lists_valid_names():
         build_backbone("vgg_nope", pretrained=False)
     for name in BACKBONES:
         assert name in str(err.value)
-    assert "timm:" in str(err.value)
+    assert "timm-" in str(err.value)
     with pytest.raises(ValueError, match="not a timm model"):
-        build_backbone("timm:no_such_model_xyz", pretrained=False)
+        build_backbone("timm-no_such_model_xyz", pretrained=False)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "googlenet", "efficientnet_lite0", "mit_b2", "vit_b16", "timm:resnet18"])
+@pytest.mark.parametrize("name", ["resnet50", "googlenet", "efficientnet_lite0", "mit_b2", "vit_b16", "timm-resnet18"])
 def test_missing_weights_file_names_file_and_model(tmp_path, name):
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError) as err:
@@ -92,7 +92,7 @@ def test_missing_weights_file_names_file_and_model(tmp_path, name):
 
 
 def test_pretrained_without_file_is_refused_not_downloaded():
-    for name in ("resnet50", "googlenet", "mit_b2", "vit_b16", "timm:resnet18"):
+    for name in ("resnet50", "googlenet", "mit_b2", "vit_b16", "timm-resnet18"):
         with pytest.raises(ValueError, match="local file"):
             build_backbone(name, pretrained=True)
     with pytest.raises(ValueError, match="local file"):
@@ -106,8 +106,8 @@ def test_timm_name_with_weights_file(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(src.state_dict(), path)
 
-    net = build_backbone("timm:resnet18", weights=path)
-    assert net.spec.name == "timm:resnet18" and net.spec.feature_dim == 512
+    net = build_backbone("timm-resnet18", weights=path)
+    assert net.spec.name == "timm-resnet18" and net.spec.feature_dim == 512
     assert net.spec.mean == (0.485, 0.456, 0.406) and net.spec.input_size == 224
     sd = net.model.state_dict()
     assert torch.equal(sd["conv1.weight"], src.state_dict()["conv1.weight"])
@@ -115,22 +115,22 @@ def test_timm_name_with_weights_file(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(net(x), src.forward_head(src.forward_features(net.normalise(x)), pre_logits=True))
-        logits = imagenet_classifier("timm:resnet18", weights=path)(x)
+        logits = imagenet_classifier("timm-resnet18", weights=path)(x)
         torch.testing.assert_close(logits, src(net.normalise(x)))
 
     # a saved Backbone (keys under "model.", no classifier) loads back too
     again = tmp_path / "backbone.pth"
     torch.save(net.state_dict(), again)
     with torch.no_grad():
-        torch.testing.assert_close(build_backbone("timm:resnet18", weights=again)(x), net(x))
+        torch.testing.assert_close(build_backbone("timm-resnet18", weights=again)(x), net(x))
 
 
 def test_mismatched_checkpoint_names_file_and_model(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), path)
     with pytest.raises(ValueError) as err:
-        build_backbone("timm:resnet34", weights=path)  # missing layer*.2 blocks
-    assert str(path) in str(err.value) and "timm:resnet34" in str(err.value)
+        build_backbone("timm-resnet34", weights=path)  # missing layer*.2 blocks
+    assert str(path) in str(err.value) and "timm-resnet34" in str(err.value)
     assert "missing keys" in str(err.value)
     with pytest.raises(ValueError) as err:
         build_backbone("resnet50", weights=path)  # same keys partly, other shapes

@@ -338,7 +338,7 @@ def test_timm_safetensors_file(tmp_path):
     src = timm.create_model("resnet18", pretrained=False).eval()
     path = tmp_path / "model.safetensors"  # the file layout of timm's Hugging Face repositories
     save_file(src.state_dict(), path)
-    net = build_backbone("timm:resnet18", weights=path)
+    net = build_backbone("timm-resnet18", weights=path)
     x = torch.rand(1, 3, SMALL, SMALL)
     torch.testing.assert_close(net(x), src.forward_head(src.forward_features(net.normalise(x)), pre_logits=True))
 

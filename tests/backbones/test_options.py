@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.backbones import BACKBONES, build_from_options, check_init, default_lr, learning_rate, lookup
+from stages.backbones import BACKBONES, build_from_options, check_init, check_options, default_lr, learning_rate, lookup
 from stages.config import BackboneOptions, Params, ParamsError, load_params
+from stages.errors import UserError
 
 
 def test_default_learning_rates_are_the_papers():
@@ -14,7 +15,7 @@ def test_default_learning_rates_are_the_papers():
     assert default_lr("googlenet") == 1e-4
     assert default_lr("mit_b2") == 3e-5 and default_lr("vit_b16") == 3e-5
     assert default_lr("efficientnet_lite0") == 3e-4
-    assert default_lr("resnet50") == 1e-4 and default_lr("timm:resnet18") == 1e-4
+    assert default_lr("resnet50") == 1e-4 and default_lr("timm-resnet18") == 1e-4
     assert learning_rate("vit_b16", None) == 3e-5
     assert learning_rate("vit_b16", BackboneOptions(init="clip")) == 3e-5
     assert learning_rate("vit_b16", BackboneOptions(lr=1e-5)) == 1e-5
@@ -30,24 +31,25 @@ def test_inits_per_backbone():
 
 
 def _params(tmp_path, text: str) -> Params:
+    """Validated as `python -m stages params --params` does: the schema, then every backbone entry."""
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    return load_params(path)
+    params = load_params(path)
+    check_options(params.backbone_options)
+    return params
 
 
 def test_params_backbone_options_validated(tmp_path):
-    p = _params(
-        tmp_path,
-        "backbone_options:\n  vit_b16: {init: clip, weights: w/ViT-B-16.pt, lr: 1.0e-5}\n  timm:resnet18: {init: none}\n",
-    )
+    options = "  vit_b16: {init: clip, weights: w/ViT-B-16.pt, lr: 1.0e-5}\n  timm-resnet18: {init: none}\n"
+    p = _params(tmp_path, "backbone_options:\n" + options)
     assert p.backbone_options["vit_b16"] == BackboneOptions(weights="w/ViT-B-16.pt", init="clip", lr=1e-5)
     assert Params().backbone_options == {}
 
-    with pytest.raises(ParamsError) as err:
+    with pytest.raises(UserError) as err:
         _params(tmp_path, "backbone_options:\n  vgg16: {lr: 1.0e-4}\n")
     assert "backbone_options" in str(err.value) and "unknown backbone 'vgg16'" in str(err.value)
     assert "vit_b16" in str(err.value)  # lists the valid names
-    with pytest.raises(ParamsError, match="has no init 'clip'"):
+    with pytest.raises(UserError, match="has no init 'clip'"):
         _params(tmp_path, "backbone_options:\n  googlenet: {init: clip}\n")
     with pytest.raises(ParamsError, match="backbone_options.mit_b2.lr"):
         _params(tmp_path, "backbone_options:\n  mit_b2: {lr: 0}\n")
@@ -57,19 +59,19 @@ def test_params_backbone_options_validated(tmp_path):
 
 @torch.no_grad()
 def test_build_from_options(tmp_path):
-    net = build_from_options("timm:resnet18", BackboneOptions(init="none"))
+    net = build_from_options("timm-resnet18", BackboneOptions(init="none"))
     assert net.spec.init == "none" and net.spec.feature_dim == 512
     path = tmp_path / "resnet18.pth"
     torch.save(net.model.state_dict(), path)
     opts = BackboneOptions(weights=str(path))
-    loaded = build_from_options("timm:resnet18", opts)
+    loaded = build_from_options("timm-resnet18", opts)
     x = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(loaded(x), net(x))
     # pretrained=False: same architecture and normalisation, the file is not read
-    again = build_from_options("timm:resnet18", BackboneOptions(weights=str(tmp_path / "gone.pth")), pretrained=False)
+    again = build_from_options("timm-resnet18", BackboneOptions(weights=str(tmp_path / "gone.pth")), pretrained=False)
     assert again.spec == loaded.spec
     with pytest.raises(FileNotFoundError, match="gone.pth"):
-        build_from_options("timm:resnet18", BackboneOptions(weights=str(tmp_path / "gone.pth")))
+        build_from_options("timm-resnet18", BackboneOptions(weights=str(tmp_path / "gone.pth")))
     # a pretrained init with no file is refused with the params key to set
     with pytest.raises(ValueError, match=r"backbone_options\.mit_b2\.weights"):
         build_from_options("mit_b2", None)

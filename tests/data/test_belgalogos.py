@@ -11,7 +11,7 @@ from dataset_formats import write_jpg
 
 from stages.config import BelgaLogosParams
 from stages.data import belgalogos
-from stages.data.table import DatasetError
+from stages.tables import DatasetError
 
 IMAGES = [f"{n:08d}.jpg" for n in (1, 2, 5, 17, 230, 4080, 9999, 10000)]
 # local ground truth: id logo image type state x1 y1 x2 y2 (tab separated)

@@ -10,7 +10,7 @@ from dataset_formats import write_coco, write_voc
 
 from stages.config import Params
 from stages.data import SOURCES, build_dataset, write_dataset
-from stages.data.table import DatasetError, load_split
+from stages.tables import DatasetError, load_split
 
 
 def _params(**data) -> Params:
@@ -66,7 +66,7 @@ def test_every_source_dispatches_and_unknown_fails(tmp_path):
 def test_load_split_reads_label_only_boxes(tmp_path):
     import json
 
-    from stages.data.table import load_split
+    from stages.tables import load_split
 
     coco = {
         "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],

@@ -14,9 +14,9 @@ from dataset_formats import COCO_CATEGORIES, write_coco, write_voc
 from stages.config import CocoVocParams
 from stages.data import coco_voc
 from stages.data.coco_voc import VOC_ID_OFFSET, voc_category_ids, voc_image_id
-from stages.data.table import DatasetError
 from stages.data.voc_xml import VOC_CLASSES, VOC_TO_COCO_NAME
 from stages.splits.tasks import COCO_ORE_TASKS, task_of_categories
+from stages.tables import DatasetError
 
 TRAIN_IDS = list(range(1, 31))  # 30 COCO train images
 TRAIN_BOXES = [0 if i % 10 == 0 else 1 + i % 3 for i in range(30)]  # 3 unannotated

@@ -12,7 +12,7 @@ from dataset_formats import write_jpg
 
 from stages.config import LvisParams
 from stages.data import lvis
-from stages.data.table import DatasetError
+from stages.tables import DatasetError
 
 CATEGORIES = [
     {

@@ -11,7 +11,7 @@ from dataset_formats import write_jpg
 
 from stages.config import VisualGenomeParams
 from stages.data import visual_genome
-from stages.data.table import DatasetError
+from stages.tables import DatasetError
 
 N_IMAGES = 12
 # (synsets, names): synset wins; else the lower-cased first name; neither: dropped

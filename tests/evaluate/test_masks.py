@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from stages.evaluate import SIZE_BUCKETS, query_masks
+from stages.evaluate.definitions import SIZE_BUCKETS, query_masks
 
 
 def test_size_buckets_and_known_split():

@@ -9,19 +9,12 @@ import pandas as pd
 import pytest
 
 from stages.config import Params
-from stages.data.table import ImageTable
-from stages.evaluate.protocol import (
-    HEADLINE,
-    SIZE_BUCKETS,
-    break_ties,
-    choose_examples,
-    evaluate_index,
-    ground_truth,
-    known_category_ids,
-    query_masks,
-)
+from stages.evaluate.definitions import HEADLINE, SIZE_BUCKETS, choose_examples, known_category_ids, query_masks
+from stages.evaluate.plots import write_pictures
+from stages.evaluate.protocol import QuerySet, SearchPlan, break_ties, evaluate_index, ground_truth
 from stages.metrics.relevance import ANY_OVERLAP, relevance_matrix, relevant_classes
 from stages.metrics.retrieval import summarize
+from stages.tables import ImageTable
 
 NAMES = ["cat", "dog", "car", "boat", "kite"]
 
@@ -137,9 +130,8 @@ def test_streamed_equals_in_memory(tmp_path, exclude):
     table, index_dir, gallery, queries, vectors = _dataset(tmp_path, rng)
     tasks = {"known": [1, 2], "known_names": ["cat", "car", "kite"]}
     params = _params(query_chunk=7, exclude_same_image=exclude)
-    metrics_path = tmp_path / "m" / "metrics.json"
-    got = evaluate_index(index_dir, table, tasks, params, metrics_path)
-    assert json.loads(metrics_path.read_text()) == got
+    got = evaluate_index(index_dir, table, tasks, params).metrics
+    assert json.loads(json.dumps(got)) == got  # JSON-ready as the stage writes it
     assert got["gallery"] == len(gallery) and got["queries"] == len(queries) < len(
         table.boxes
     )  # query: false boxes skipped
@@ -152,7 +144,9 @@ def test_streamed_equals_in_memory(tmp_path, exclude):
         and got["model"]["unknown"]["queries"] > 0
     )
     # one chunk gives the same numbers as chunks of 7
-    assert evaluate_index(index_dir, table, tasks, _params(query_chunk=10_000, exclude_same_image=exclude)) == got
+    assert (
+        evaluate_index(index_dir, table, tasks, _params(query_chunk=10_000, exclude_same_image=exclude)).metrics == got
+    )
 
 
 def test_known_classes_matched_by_name_across_datasets():
@@ -161,7 +155,7 @@ def test_known_classes_matched_by_name_across_datasets():
     tasks = {"known": [11, 33], "known_names": ["cat", "car", "kite"]}
     assert sorted(known_category_ids(cats, tasks).tolist()) == [3, 4]
     # an old tasks.json without names falls back to the ids
-    assert known_category_ids(cats, {"known": [2]}).tolist() == [2]
+    assert known_category_ids(cats, {"known": [2], "known_names": []}).tolist() == []  # names decide, not ids
     q = pd.DataFrame({"category_id": [1, 3, 4, 2], "area": [100.0] * 4})
     m = query_masks(q, known_category_ids(cats, tasks))
     assert m["known"].tolist() == [False, True, True, False] and m["unknown"].tolist() == [True, False, False, True]
@@ -206,7 +200,9 @@ def test_pictures(tmp_path):
     rng = np.random.default_rng(5)
     table, index_dir, *_ = _dataset(tmp_path, rng, with_images=True)
     plots = tmp_path / "plots"
-    metrics = evaluate_index(index_dir, table, {"known": [11]}, _params(examples=4), plots_dir=plots)
+    evaluation = evaluate_index(index_dir, table, {"known": [11], "known_names": []}, _params(examples=4))
+    write_pictures(evaluation, table, plots, crop_size=64)
+    metrics = evaluation.metrics
     csv = pd.read_csv(plots / "buckets.csv")
     assert csv["bucket"].tolist() == list(SIZE_BUCKETS)
     assert csv["queries"].tolist() == [metrics["model"][b]["queries"] for b in SIZE_BUCKETS]
@@ -227,17 +223,9 @@ def test_tied_distances_rank_lower_row_first_hand_computed():
     index.add(g)
     labels = sp.csr_matrix(np.array([[1], [0], [0], [1]], bool))
     lookups = {"O": RelevanceLookup(labels, np.arange(4))}
-    sc = score_queries(
-        index,
-        np.array([[0, 0], [9, 9]], np.float32),
-        np.array([0, 0]),
-        np.array([-1, -1]),
-        lookups,
-        topk=4,
-        fetch=4,
-        exclude_same_image=False,
-        chunk=1,
-    )
+    plan = SearchPlan(topk=4, fetch=4, exclude_same_image=False, chunk=1)
+    queries = QuerySet(np.array([[0, 0], [9, 9]], np.float32), np.array([0, 0]), np.array([-1, -1]))
+    sc = score_queries(index, queries, lookups, plan)
     pq = sc.per_query["O"]
     # query 0 ranking: 1 (tie, lower row first), 3, 0, 2 -> rel [0, 1, 1, 0];
     # query 1: 2, 0, then tie 1, 3 -> [0, 1, 0, 1]
@@ -245,5 +233,5 @@ def test_tied_distances_rank_lower_row_first_hand_computed():
     np.testing.assert_allclose(pq["mAP"], [(1 / 2 + 2 / 3) / 2, (1 / 2 + 2 / 4) / 2])
     np.testing.assert_allclose(pq["mAP_std"], [(1 / 2 + 2 / 3) / 2, (1 / 2 + 2 / 4) / 2])  # both relevant returned
     # a class with no relevant item in the gallery: paper AP 0, standard AP undefined (NaN, left out of means)
-    sc = score_queries(index, np.array([[0, 0]], np.float32), np.array([5]), np.array([-1]), lookups, 4, 4, False, 1)
+    sc = score_queries(index, QuerySet(np.array([[0, 0]], np.float32), np.array([5]), np.array([-1])), lookups, plan)
     assert sc.per_query["O"]["mAP"].tolist() == [0.0] and np.isnan(sc.per_query["O"]["mAP_std"][0])

@@ -37,7 +37,7 @@ def dataset(tmp_path, monkeypatch):
 
 def test_bad_images_are_skipped_and_counted(dataset):
     params = Params.model_validate({"extract": {"crop_size": 16, "shard_rows": 7}})
-    run(params)
+    run(params, "synthetic")
     summary = json.loads((dataset / layout.objects_dir("synthetic") / "summary.json").read_text())
     for split in ("train", "test"):
         s = summary["splits"][split]

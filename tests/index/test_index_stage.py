@@ -6,12 +6,12 @@ import pandas as pd
 import torch
 
 from stages.config import Params
-from stages.data.table import ImageTable
-from stages.extract.crops import encode_crop
+from stages.crops import encode_crop
+from stages.crops.tensors import decode_to_tensor
 from stages.index.build import embed_gallery, embed_queries, iter_query_crops, query_boxes
-from stages.index.embed import decode_to_tensor
-from stages.index.vectors import shard_rows, vector_shards
 from stages.shards import ShardWriter, objects_table
+from stages.tables import ImageTable
+from stages.vectors.shards import shard_rows, vector_shards
 
 
 class MeanColour:

@@ -6,10 +6,10 @@ import torch
 
 from stages.backbones import DEFAULT_BACKBONE
 from stages.config import TrainParams
+from stages.model import TeacherModel, build_student
 from stages.train.augment import random_resized_views
-from stages.train.loop import cosine_lr, mixed_scale_sets, train_model
-from stages.train.methods import ugcml_terms
-from stages.train.model import TeacherModel, build_student
+from stages.train.loop import RunFiles, TrainingSet, cosine_lr, resolve_train_params, train_model
+from stages.train.methods import mixed_scale_sets, ugcml_terms
 
 CFG = TrainParams(
     steps=4,
@@ -36,7 +36,11 @@ GROUPS = np.arange(24) % 3
 
 def run(tmp_path, crops, stop_after=None, cfg=CFG, n_groups=3, fp="fp"):
     return train_model(
-        cfg, crops, GROUPS % n_groups, n_groups, 0, tmp_path / "ckpt.pt", tmp_path / "log.tsv", fp, stop_after
+        resolve_train_params(cfg, DEFAULT_BACKBONE, None),
+        TrainingSet(crops, GROUPS % n_groups, n_groups),
+        RunFiles(tmp_path / "ckpt.pt", tmp_path / "log.tsv", fp),
+        seed=0,
+        stop_after=stop_after,
     )
 
 
@@ -100,7 +104,8 @@ def test_ms_ugcml_has_one_head_per_group_and_logs_ckd(tmp_path, crops):
     assert len(res.student.heads) == 3
     rows = [line.split("\t") for line in (tmp_path / "log.tsv").read_text().splitlines()]
     ckd = [float(r[rows[0].index("ckd")]) for r in rows[1:]]
-    assert len(ckd) == CFG.steps and all(c >= 0 for c in ckd) and any(c > 0 for c in ckd)
+    # a KL divergence: >= 0 up to float rounding (two GEMMs of different shapes give +-1e-8 on some CPUs)
+    assert len(ckd) == CFG.steps and all(c >= -1e-6 for c in ckd) and any(c > 1e-6 for c in ckd)
 
 
 def test_ntxent_baseline_trains(tmp_path, crops):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from stages.config import IndexParams
-from stages.index.faiss_index import (
+from stages.vectors.faiss_index import (
     auto_nlist,
     build_from_chunks,
     build_from_shards,
@@ -14,7 +14,7 @@ from stages.index.faiss_index import (
     pq_subquantizers,
     resolve_type,
 )
-from stages.index.vectors import VectorShardWriter, vector_shards
+from stages.vectors.shards import VectorShardWriter, vector_shards
 
 
 def _clustered(rng, n, d=32, centres=50, noise=0.3):
@@ -92,7 +92,7 @@ def test_auto_uses_ivfpq_above_flat_max_and_needs_a_sample():
 
 
 def test_tiny_gallery_gets_fewer_pq_bits():
-    from stages.index.faiss_index import empty_index
+    from stages.vectors.faiss_index import empty_index
 
     index = empty_index("ivfpq", 16, 100, IndexParams(ivfpq={"m": 4}))
     assert index.pq.nbits == 6 and faiss.extract_index_ivf(index).nlist == 2  # 2**6 <= 100 points; 100 // 39 lists

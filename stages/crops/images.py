@@ -1,4 +1,4 @@
-"""Image reading, rectangular crops and their byte encoding.
+"""Image reading, rectangular crops and their byte encoding (the extract stage stores crops this way).
 
 All images in and out are RGB ``uint8`` arrays of shape ``H x W x 3``.
 """
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from stages.errors import InputError
 
 __all__ = ["crop_boxes", "encode_crop", "decode_crop", "read_image", "to_rgb_uint8"]
 
@@ -114,7 +116,7 @@ def decode_crop(data: bytes) -> np.ndarray:
     arr = np.frombuffer(data, dtype=np.uint8)
     bgr = cv2.imdecode(arr, cv2.IMREAD_COLOR) if arr.size else None
     if bgr is None:
-        raise ValueError("cannot decode crop bytes")
+        raise InputError("cannot decode crop bytes")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -28,7 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.config import IndexParams
-from stages.index.vectors import iter_vector_chunks, sample_rows, shard_rows
+from stages.errors import InputError
+from stages.vectors.shards import iter_vector_chunks, sample_rows, shard_rows
 
 log = logging.getLogger(__name__)
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
@@ -134,7 +135,7 @@ def build_from_shards(
 ) -> tuple[faiss.Index, str]:
     """Build the gallery index from embedding shards (``.npy``), shard by shard."""
     if not paths:
-        raise ValueError("no embedding shards to index")
+        raise InputError("no embedding shards to index")
     n = int(shard_rows(paths).sum())
     d = int(np.load(paths[0], mmap_mode="r").shape[1])
     kind = resolve_type(params.type, n, params.flat_max)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stages.index.vectors import VectorShardWriter, iter_vector_chunks, sample_rows, shard_rows, vector_shards
+from stages.vectors.shards import VectorShardWriter, iter_vector_chunks, sample_rows, shard_rows, vector_shards
 
 
 def test_roundtrip_and_rerun_replaces_shards(tmp_path):

@@ -8,26 +8,18 @@ memory maps.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from stages.atomic import save_npy
 
 __all__ = ["VectorShardWriter", "vector_shards", "iter_vector_chunks", "shard_rows", "sample_rows"]
 
 
 def _shard_path(directory: Path, prefix: str, index: int) -> Path:
     return Path(directory) / f"{prefix}-{index:05d}.npy"
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 class VectorShardWriter:

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.extract.crops import crop_boxes, decode_crop, encode_crop, read_image
+from stages.crops import crop_boxes, decode_crop, encode_crop, read_image
 
 
 def _image(h=60, w=80, seed=0):

@@ -1,17 +1,14 @@
-"""Student (backbone + one head per scale group) and EMA teacher, and their files."""
+"""Student (backbone + one head per scale group) and its EMA teacher: what train builds, index embeds with."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.backbones import build_from_options, check_init
-from stages.backbones.registry import BackboneOptionsLike
+from stages.backbones import BackboneOptionsLike, build_from_options
 
 
 class EmbeddingHead(nn.Module):
@@ -133,45 +130,3 @@ def build_student(
     builds the same architecture without reading weights (to load a trained state dict)."""
     net = build_from_options(backbone, options, pretrained=pretrained)
     return StudentModel(net, n_heads, teacher_dim, embed_dim, input_size, embed_head)
-
-
-def backbone_meta(backbone: str, options: BackboneOptionsLike | None) -> dict:
-    """How a model's backbone was built (saved in model.pt, so the file says how to rebuild it)."""
-    return {
-        "backbone": backbone,
-        "init": check_init(backbone, options.init if options is not None else None),
-        "weights": options.weights if options is not None else None,
-    }
-
-
-def meta_options(meta: dict) -> SimpleNamespace:
-    """The backbone options recorded by :func:`backbone_meta` (older files: the default init)."""
-    return SimpleNamespace(init=meta.get("init"), weights=meta.get("weights"), lr=None)
-
-
-def save_model(path: Path, model: StudentModel, meta: dict) -> None:
-    """Write the model with what is needed to rebuild it (``meta``: backbone, n_heads, dims, input_size)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"meta": meta, "state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)
-
-
-def load_model(path: Path) -> tuple[StudentModel, dict]:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}; run the train stage first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    meta = blob["meta"]
-    model = build_student(
-        meta["backbone"],
-        meta["n_heads"],
-        meta["teacher_dim"],
-        meta["embed_dim"],
-        meta["input_size"],
-        pretrained=False,
-        embed_head=meta.get("embed_head", "first"),
-        options=meta_options(meta),
-    )
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), meta
