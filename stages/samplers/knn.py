@@ -10,13 +10,22 @@ import faiss
 import numpy as np
 
 
-def group_quotas(group_sizes: np.ndarray, queries: int) -> np.ndarray:
-    """Queries per group: proportional to group size (largest remainders), each non-empty group >= 1."""
+def group_quotas(
+    group_sizes: np.ndarray, queries: int, group_area: np.ndarray | None = None, min_share: float = 0.1
+) -> np.ndarray:
+    """Queries per group (largest remainders), each non-empty group >= 1: proportional to group size,
+    or with ``group_area`` (mean box area per group) to size x mean area with a floor of
+    ``min_share`` of the queries per group (the authors' sampler, on each group's own size)."""
     sizes = np.asarray(group_sizes, dtype=np.float64)
     quota = np.zeros(len(sizes), dtype=np.int64)
     if sizes.sum() <= 0:
         return quota
-    share = sizes / sizes.sum() * queries
+    weight = sizes if group_area is None else sizes * np.asarray(group_area, dtype=np.float64)
+    fraction = weight / weight.sum()
+    if group_area is not None:
+        fraction = np.where(sizes > 0, np.maximum(fraction, min_share), 0.0)
+        fraction = fraction / fraction.sum()
+    share = fraction * queries
     quota = np.floor(share).astype(np.int64)
     order = np.argsort(-(share - quota), kind="stable")
     quota[order[: queries - quota.sum()]] += 1
@@ -28,14 +37,24 @@ def group_quotas(group_sizes: np.ndarray, queries: int) -> np.ndarray:
 
 
 class KnnBatchSampler:
-    def __init__(self, group_of: np.ndarray, n_groups: int, queries: int, k: int, seed: int):
+    """Batches of ``queries`` k-NN lists, the queries spread over the groups by :func:`group_quotas`."""
+
+    def __init__(
+        self,
+        group_of: np.ndarray,
+        n_groups: int,
+        queries: int,
+        k: int,
+        seed: int,
+        group_area: np.ndarray | None = None,
+    ):
         self.group_of = np.asarray(group_of, dtype=np.int64)
         self.n_groups = n_groups
         self.queries = queries
         self.k = k
         self.rng = np.random.default_rng(seed)
         self.members = [np.flatnonzero(self.group_of == g) for g in range(n_groups)]
-        self.quotas = group_quotas(np.array([len(m) for m in self.members]), queries)
+        self.quotas = group_quotas(np.array([len(m) for m in self.members]), queries, group_area)
         self.neighbours: np.ndarray | None = None  # [N, k] global indices, self first
 
     def refresh(self, embeddings: np.ndarray) -> None:

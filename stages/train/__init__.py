@@ -37,7 +37,7 @@ def training_code() -> set[str]:
 
 def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFrame, torch.Tensor]:
     """Training objects (splits stage) joined with their scale group and decoded crops."""
-    chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id"])
+    chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id", "area"])
     groups = pd.read_parquet(layout.GROUPS / "assignment.parquet")
     shards = read_objects(objects_dir, "train", columns=["object_id", "crop"])
     table = chosen.merge(groups, on="object_id", how="left", validate="one_to_one")
@@ -46,6 +46,11 @@ def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFram
         raise InputError("some training objects have no scale group; rerun the groups stage")
     crops = decode_to_tensor(table["crop"].tolist(), input_size)
     return table.drop(columns="crop"), crops
+
+
+def _group_area(table: pd.DataFrame, n_groups: int) -> np.ndarray:
+    """Mean box area of each scale group (0 for an empty one)."""
+    return table.groupby("group")["area"].mean().reindex(range(n_groups), fill_value=0.0).to_numpy(np.float64)
 
 
 def resolved_train_params(params: Params, backbone: str) -> TrainParams:
@@ -99,7 +104,7 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         result = train_model(
             cfg,
-            TrainingSet(crops, table["group"].to_numpy(np.int64), params.groups),
+            TrainingSet(crops, table["group"].to_numpy(np.int64), params.groups, _group_area(table, params.groups)),
             RunFiles(
                 out / "checkpoint.pt",
                 out / "train_log.tsv",

@@ -34,7 +34,21 @@ from stages.train.optim import AdamP
 from stages.train.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ["step", "lr", *LOSS_TERMS]
+LOG_COLUMNS = ["step", "lr", *LOSS_TERMS]  # then "ts_distance" (with a teacher) and the method's diagnostics
+
+
+def log_columns(method: Method, with_teacher: bool) -> list[str]:
+    """The columns of train_log.tsv for a method: every loss term, the relative teacher-student
+    parameter distance and the method's per-group / per-pair values."""
+    return LOG_COLUMNS + (["ts_distance"] if with_teacher else []) + list(method.diagnostics)
+
+
+@torch.no_grad()
+def parameter_distance(teacher: nn.Module, student: nn.Module) -> torch.Tensor:
+    """||theta_t - theta_s|| / ||theta_s|| over the backbone parameters (how far the EMA teacher lags)."""
+    t, s = list(teacher.parameters()), list(student.parameters())
+    diff = torch.stack(torch._foreach_norm(torch._foreach_sub(t, s))).norm()
+    return diff / torch.stack(torch._foreach_norm(s)).norm().clamp_min(1e-12)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -141,9 +155,14 @@ class Engine:
             self.scaler.update()
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
+        logged = [terms[k].detach().float() for k in LOSS_TERMS]
         if self.teacher is not None:
             self.teacher.ema_update(self.student, self.ema)
-        return lr, torch.stack([terms[k].detach().float() for k in LOSS_TERMS]).tolist()  # one sync
+            logged.append(parameter_distance(self.teacher.backbone, self.student.backbone).float())
+        logged = torch.stack(logged)
+        if "diagnostics" in terms:
+            logged = torch.cat([logged, terms["diagnostics"].float().to(logged.device)])
+        return lr, logged.tolist()  # one sync
 
 
 @dataclass
@@ -184,6 +203,7 @@ class TrainingSet:
     crops: torch.Tensor
     group_of: np.ndarray  # [N] group of each crop (ms_ugcml: one head per group)
     n_groups: int
+    group_area: np.ndarray | None = None  # [n_groups] mean box area (train.quota: size_area)
 
 
 @dataclass(frozen=True)
@@ -236,12 +256,19 @@ def _train(
     gen = seed_everything(seed)
     name, options = net
     student = build_student(
-        name, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head, options=options
+        name,
+        n_groups,
+        cfg.teacher_dim,
+        cfg.embed_dim,
+        cfg.input_size,
+        embed_head=cfg.embed_head,
+        options=options,
+        head_init=cfg.head_init,
     )
     student.to(rt.device)
-    method = build_method(cfg, group_of, n_groups, seed)
-    teacher = TeacherModel(student).eval() if method.needs_teacher else None
-    opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    method = build_method(cfg, group_of, n_groups, seed, data.group_area if n_groups == data.n_groups else None)
+    teacher = TeacherModel(student, cfg.teacher_heads).eval() if method.needs_teacher else None
+    opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     scaler = rt.grad_scaler()
     state = {"history": []}
@@ -255,7 +282,8 @@ def _train(
     }
     start = _resume(files.checkpoint, files.fingerprint, parts, gen, state, rt.device)
     if rt.is_main:  # the log is rewritten from the checkpoint's history: it always matches the weights
-        write_text(files.log, "".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
+        header = log_columns(method, teacher is not None)
+        write_text(files.log, "".join("\t".join(r) + "\n" for r in [header, *state["history"]]))
     student.train_mode(cfg.freeze_bn)
     student_fwd, teacher_fwd = _forward_modules(student, teacher, rt)
     engine = Engine(
