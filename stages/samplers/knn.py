@@ -162,7 +162,9 @@ class KnnBatchSampler:
             local_of[pos] = np.arange(len(pos))
         n_chunks = -(-len(store) // CHUNK_ROWS)
         for what in ("add", "search"):
-            for lo, x in tqdm(store.chunks(), desc=f"k-NN graph: {what}", unit="chunk", leave=False, total=n_chunks):
+            for lo, x in tqdm(
+                store.chunks(CHUNK_ROWS), desc=f"k-NN graph: {what}", unit="chunk", leave=False, total=n_chunks
+            ):
                 x = _normalised(x)
                 g_chunk = group[lo : lo + len(x)]
                 for g, index in indexes.items():

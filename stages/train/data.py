@@ -6,7 +6,7 @@ Two sources give the same uint8 crops ``[b, 3, S, S]`` (each crop decoded and re
 * :class:`ShardCrops` reads each asked crop from the Parquet shards by id (object id -> shard,
   row group, row: :mod:`stages.shards.by_id`) and decodes it; it holds 8 bytes per crop.
 * :class:`MemoryCrops` holds every decoded crop (``3 S²`` bytes each); :func:`training_crops`
-  builds it, shard by shard, when that fits ``train.memory_gb``.
+  builds it, shard by shard, when that fits ``train.cache_gb``.
 
 :func:`batch_loader` turns a list of index batches into a ``torch.utils.data.DataLoader`` whose
 worker processes (``train.workers``) read and decode streamed crops ahead of the step (pinned
@@ -14,7 +14,7 @@ memory on CUDA, ``prefetch_factor`` batches per worker); the in-memory source lo
 process (an index_select). The order of the batches is the order asked, whatever the workers.
 
 :class:`EmbeddingStore` holds a refresh's h and l of every embedded crop: float32 in memory when
-that fits ``train.memory_gb``, else float16 files on disk mapped one chunk at a time.
+that fits ``train.refresh_memory_gb``, else float16 files on disk mapped one chunk at a time.
 """
 
 from __future__ import annotations
@@ -92,18 +92,18 @@ def fits_in_memory(n: int, bytes_per_item: int, memory_gb: float) -> bool:
     return n * bytes_per_item <= memory_gb * GB
 
 
-def training_crops(locations: ShardLocations, size: int, memory_gb: float, workers: int = 0) -> CropSource:
-    """The crops of a run: decoded in memory when ``N * 3 * size²`` bytes fit ``memory_gb``, else
+def training_crops(locations: ShardLocations, size: int, cache_gb: float, workers: int = 0) -> CropSource:
+    """The crops of a run: decoded in memory when ``N * 3 * size²`` bytes fit ``cache_gb``, else
     streamed from the shards at every step (same crops, same batches either way)."""
     stream = ShardCrops(locations, size)
-    if fits_in_memory(len(stream), 3 * size * size, memory_gb):
+    if fits_in_memory(len(stream), 3 * size * size, cache_gb):
         return stream.to_memory(workers)
     log.info(
-        "train: %d crops at %d px take %.1f GB decoded (> train.memory_gb %.1f): streamed from the shards",
+        "train: %d crops at %d px take %.1f GB decoded (> train.cache_gb %.1f): streamed from the shards",
         len(stream),
         size,
         stream.decoded_bytes() / GB,
-        memory_gb,
+        cache_gb,
     )
     return stream
 
