@@ -202,7 +202,23 @@ class TrainParams(_Strict):
     steps: int = Field(150, ge=0, description="optimisation steps")
     queries: int = Field(8, ge=1, description="queries per batch (each brings its neighbours)")
     neighbours: int = Field(5, ge=1, description="k of the k-NN batch sampler, query included")
-    knn_refresh: int = Field(50, ge=1, description="rebuild the neighbour graph every N steps")
+    knn_refresh: int = Field(
+        50, ge=1, description="rebuild the neighbour graph and centroids every N steps (paper: 1000)"
+    )
+    refresh_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="share of each group embedded at a refresh; batches come from it until the next "
+        "(authors' code: 0.5); 1 = every crop",
+    )
+    knn_exact_max: int = Field(
+        50_000,
+        ge=1,
+        description="a group of at most this many crops gets an exact k-NN graph (FAISS flat), "
+        "a larger one IVF-PQ (built and searched chunk by chunk)",
+    )
+    knn_nprobe: int = Field(16, ge=1, description="inverted lists searched per crop in a group's IVF-PQ k-NN graph")
     lr: float | None = Field(
         None,
         gt=0,
@@ -250,6 +266,22 @@ class TrainParams(_Strict):
     aug_scale: tuple[float, float] = Field((0.16, 1.0), description="random-resized-crop area range (STML)")
     aug_colour: bool = Field(False, description="also jitter brightness/contrast (STML: no colour change)")
     batch_embed: int = Field(128, ge=1, description="batch size when embedding all crops")
+    workers: int = Field(
+        2, ge=0, description="DataLoader worker processes reading and decoding streamed crops (0: the main process)"
+    )
+    prefetch: int = Field(2, ge=1, description="batches each worker reads ahead")
+    cache_gb: float = Field(
+        2.0,
+        ge=0,
+        description="decoded crops (N x 3 x input_size^2 bytes) are held in memory when they fit this many GiB, "
+        "else streamed from the shards at every step (same batches, same model)",
+    )
+    refresh_memory_gb: float = Field(
+        1.0,
+        ge=0,
+        description="a refresh keeps h and l float32 in memory up to this many GiB (N x (teacher_dim + embed_dim) "
+        "x 4 bytes), else float16 files on disk next to the checkpoint",
+    )
     checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
     ntxent_variant: Literal["views", "anchor"] = Field(
         "views",

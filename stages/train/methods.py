@@ -26,6 +26,7 @@ from stages.losses import (
 )
 from stages.samplers import KnnBatchSampler
 from stages.train.augment import random_resized_views
+from stages.vectors.rows import ArrayRows
 
 N_VIEWS = 2
 LOSS_TERMS = ["loss", "rc_h", "rc_l", "self_distill", "ckd"]
@@ -48,8 +49,10 @@ class Method:
         self.batch_size = cfg.queries * cfg.neighbours
 
     def before_step(self, step: int, embed_all, runtime) -> None:
-        """Hook run before sampling (e.g. refresh a neighbour graph); ``embed_all()`` returns the
-        (h, l) embeddings of every training crop on every rank."""
+        """Hook run at the start of each period of steps (every ``knn_refresh`` steps, and where a
+        resumed run starts), before that period's batches are drawn (e.g. refresh a neighbour
+        graph); ``embed_all(rows=None)`` returns the h and l of the training crops ``rows`` (all
+        by default) on every rank, as row stores (:class:`stages.train.data.EmbeddingStore`)."""
 
     def batch(self) -> np.ndarray:
         raise NotImplementedError
@@ -137,23 +140,31 @@ class RelaxedContrastive(Method):
         self.seed = seed
         self.n_groups = n_groups
         self.groups = torch.from_numpy(np.asarray(group_of, dtype=np.int64))
-        area = None
-        if cfg.quota == "size_area" and group_area is not None:
-            area = group_area
-        self.sampler = KnnBatchSampler(group_of, n_groups, cfg.queries, cfg.neighbours, seed, group_area=area)
+        area = group_area if cfg.quota == "size_area" else None
+        self.sampler = KnnBatchSampler(
+            group_of,
+            n_groups,
+            cfg.queries,
+            cfg.neighbours,
+            seed,
+            group_area=area,
+            exact_max=cfg.knn_exact_max,
+            nprobe=cfg.knn_nprobe,
+        )
         self.centroids: torch.Tensor | None = None
         self.diagnostics = group_diagnostics(n_groups)
 
     def before_step(self, step, embed_all, runtime):
         if step % self.cfg.knn_refresh and self.sampler.neighbours is not None:
             return
-        h, l = embed_all()
+        rows = self.sampler.refresh_rows(self.cfg.refresh_share, self.seed + step)  # None: every crop
+        emb = embed_all(rows)
         graph = None
         if runtime.is_main:  # one graph and one set of centroids, shared by every rank
-            self.sampler.refresh(h)
-            centroids = kmeans_centroids(l, self.cfg.clusters, self.seed + step) if self.n_groups > 1 else None
-            graph = (self.sampler.neighbours, centroids)
-        self.sampler.neighbours, centroids = runtime.broadcast(graph)
+            self.sampler.refresh(emb.h, rows)
+            centroids = kmeans_centroids(emb.l, self.cfg.clusters, self.seed + step) if self.n_groups > 1 else None
+            graph = (self.sampler.neighbours, self.sampler.active, centroids)
+        self.sampler.neighbours, self.sampler.active, centroids = runtime.broadcast(graph)
         self.centroids = None if centroids is None else centroids.to(runtime.device)
 
     def batch(self) -> np.ndarray:
@@ -169,12 +180,15 @@ class RelaxedContrastive(Method):
         return {
             "rng": json.dumps(self.sampler.rng.bit_generator.state),
             "neighbours": None if nb is None else torch.from_numpy(nb),
+            "active": None if self.sampler.active is None else [torch.from_numpy(a) for a in self.sampler.active],
             "centroids": None if self.centroids is None else self.centroids.cpu(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.rng.bit_generator.state = json.loads(state["rng"])
         self.sampler.neighbours = None if state["neighbours"] is None else state["neighbours"].numpy()
+        active = state.get("active")
+        self.sampler.active = None if active is None else [a.numpy() for a in active]
         self.centroids = state["centroids"]
 
 
@@ -210,11 +224,17 @@ def mixed_scale_sets(
     return sets
 
 
-def kmeans_centroids(emb: np.ndarray, k: int, seed: int) -> torch.Tensor:
-    """FAISS k-means of L2-normalised embeddings (k capped by the number of points)."""
-    x = np.ascontiguousarray(emb, dtype=np.float32)
+def kmeans_centroids(emb, k: int, seed: int, points_per_centroid: int = 256) -> torch.Tensor:
+    """FAISS k-means of L2-normalised embeddings (k capped by the number of points); ``emb`` is an
+    [n, d] array or a row store (:mod:`stages.vectors.rows`). FAISS trains on at most
+    ``points_per_centroid * k`` points: above that a seeded sample of rows is read, never all."""
+    store = ArrayRows(emb) if isinstance(emb, np.ndarray) else emb
+    n = len(store)
+    k = max(2, min(k, n // 2))
+    cap = points_per_centroid * k
+    rows = np.arange(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+    x = store.take(rows)
     faiss.normalize_L2(x)
-    k = max(2, min(k, len(x) // 2))
     km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(x)
     return torch.from_numpy(km.centroids.copy())

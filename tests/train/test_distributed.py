@@ -81,7 +81,9 @@ def _one_step_gradients(rt: Runtime) -> dict[str, torch.Tensor]:
     teacher = TeacherModel(student).eval()
     method = build_method(CFG, GROUPS, N_GROUPS, 0)
     crops = _crops()
-    method.before_step(0, lambda: refresh_embeddings(student, crops, GROUPS, CFG.batch_embed, True, rt), rt)
+    method.before_step(
+        0, lambda rows=None: refresh_embeddings(student, crops, GROUPS, CFG.batch_embed, True, rt, rows=rows), rt
+    )
     backbone = torch.nn.parallel.DistributedDataParallel(student.backbone) if rt.distributed else student.backbone
     terms = step_terms(
         rt, method, student, backbone, teacher, BatchLoader(crops, rt.device), torch.from_numpy(method.batch()), gen
