@@ -112,6 +112,13 @@ def test_ms_ugcml_has_one_head_per_group_and_logs_ckd(tmp_path, crops):
     ckd = [float(r[rows[0].index("ckd")]) for r in rows[1:]]
     # a KL divergence: >= 0 up to float rounding (two GEMMs of different shapes give +-1e-8 on some CPUs)
     assert len(ckd) == CFG.steps and all(c >= -1e-6 for c in ckd) and any(c > 1e-6 for c in ckd)
+    # what each part does: per group, per head pair (with its rows), the teacher's lag
+    for col in ("rc_h_g1", "self_distill_g3", "set_g2", "ckd_g1g3", "ckd_rows_g2g3", "ts_distance"):
+        assert col in rows[0], col
+    ckd_rows = [float(r[rows[0].index("ckd_rows_g1g2")]) for r in rows[1:]]
+    assert all(n == 2 * CFG.queries * CFG.neighbours for n in ckd_rows)  # ckd_rows: all -> every row of the batch
+    lag = [float(r[rows[0].index("ts_distance")]) for r in rows[1:]]
+    assert all(v > 0 for v in lag)
 
 
 def test_ntxent_baseline_trains(tmp_path, crops):
