@@ -35,11 +35,12 @@ def training_code() -> set[str]:
     return codebase.closure([__name__])
 
 
-def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Training objects (splits stage) joined with their scale group and decoded crops."""
+def load_training_crops(objects_dir: Path, input_size: int, split: str = "train") -> tuple[pd.DataFrame, torch.Tensor]:
+    """Training objects (splits stage) joined with their scale group and decoded crops; ``split``:
+    the shards they come from (``Params.train_split``: ``test`` for a photo folder)."""
     chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id"])
     groups = pd.read_parquet(layout.GROUPS / "assignment.parquet")
-    shards = read_objects(objects_dir, "train", columns=["object_id", "crop"])
+    shards = read_objects(objects_dir, split, columns=["object_id", "crop"])
     table = chosen.merge(groups, on="object_id", how="left", validate="one_to_one")
     table = table.merge(shards, on="object_id", how="inner", validate="one_to_one")
     if table["group"].isna().any():
@@ -92,7 +93,7 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
         model = build_student(backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, options=options)
         write_text(out / "train_log.tsv", "\t".join(LOG_COLUMNS) + "\n")
     else:
-        table, crops = load_training_crops(layout.objects_dir(params.train_on), cfg.input_size)
+        table, crops = load_training_crops(layout.objects_dir(params.train_on), cfg.input_size, params.train_split())
         if len(table) == 0:
             raise InputError("no training objects: check the extract and splits stages")
         log.info("train: %s on %d training crops, %d steps", cfg.method, len(table), cfg.steps)
