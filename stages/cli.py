@@ -19,7 +19,7 @@ from stages.errors import UserError
 app = typer.Typer(
     help=(
         "General object retrieval with MS-UGCML: a DVC pipeline from images to retrieval metrics.\n\n"
-        "Stages, in DAG order: data -> extract -> splits -> groups -> train -> index -> evaluate. "
+        "Stages, in DAG order: [scan ->] data -> extract -> splits -> groups -> train -> index -> evaluate. "
         "Run them all with `dvc repro`; each command here runs one stage with the parameters of "
         "params.yaml. Set STAGES_DEBUG=1 to see full tracebacks."
     ),
@@ -92,12 +92,27 @@ def _run_stage(name: str, params_path: Path, declared: tuple[str, ...], fn: Call
 
 
 @app.command()
+def scan(dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
+    """List a photo folder's files (path, size, mtime) into data/sources/<dataset>.json.
+
+    Params: data.<dataset> (an `images` dataset, one of `watch`). Only stat is called, no file is
+    read: dvc.yaml runs this on every `dvc repro` (always_changed) and the data stage depends on
+    its output, so DVC never hashes the photos and a no-op check stays fast at 100,000 files.
+    """
+    from stages.scan import PARAMS, run
+
+    _run_stage("scan", params, PARAMS, run, dataset=dataset)
+
+
+@app.command()
 def data(dataset: str = DatasetOption, params: Path = ParamsOption) -> None:
     """Materialise a dataset as COCO-format tables: data/<dataset>/dataset/{split}.json.
 
     Params: seed, data.<dataset> . The default source 'synthetic' renders deterministic scenes
     (shapes x textures x colours on real photo backgrounds, long-tailed object sizes)
-    into data/synthetic/dataset/images/.
+    into data/synthetic/dataset/images/. 'coco' reads any COCO instances file (seeded or given
+    train/test split); 'images' lists a folder of photos (one table, no labels; report.json
+    counts unreadable files and exact duplicates).
     """
     from stages.data import PARAMS, run
 
@@ -231,14 +246,17 @@ def search_cmd(
     query_box = None if box == (-1.0, -1.0, -1.0, -1.0) else box
 
     def _search(p) -> None:
-        crop = query_crop(image, query_box, p.extract.crop_size)
+        from stages.crops import image_reader
+
+        reader = image_reader(p.dataset(dataset))  # boxes are in the dataset's pixel grid (EXIF-oriented photos)
+        crop = query_crop(image, query_box, p.extract.crop_size, reader)
         hits = search(crop, k, p, p.backbone(backbone), p.dataset(dataset), embedding)
         typer.echo(f"{'rank':>4}  {'object':>8}  {'image':>6}  {'box (x1 y1 x2 y2)':28s} {'distance':>8}  path")
         for h in hits:
             b = " ".join(f"{v:6.1f}" for v in h.box)
             typer.echo(f"{h.rank:4d}  {h.object_id:8d}  {h.image_id:6d}  {b:28s} {h.distance:8.4f}  {h.image_path}")
         if out is not None:
-            draw_hits(crop, hits, out)
+            draw_hits(crop, hits, out, reader=reader)
             typer.echo(f"wrote {out}")
 
     _run("search", params, _search)

@@ -7,10 +7,11 @@ which keeps ``1e-05`` (as written by ``dvc exp run -S``) a float.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 
 from stages.atomic import write_json
@@ -123,7 +124,63 @@ class BelgaLogosParams(_Strict):
     include_junk: bool = Field(True, description="keep partly visible instances (state 0) as ground truth")
 
 
-TRAINABLE_SOURCES = ("synthetic", "coco_voc")  # sources with a train split (the others: test only)
+class ImagesParams(_Strict):
+    """A folder of photos without annotations: the whole collection trains (unsupervised) and is the gallery."""
+
+    paths: tuple[str, ...] = Field(
+        (),
+        description="folders (searched recursively) and/or glob patterns (** allowed) of photos, relative to the repo",
+    )
+    extensions: tuple[str, ...] = Field(
+        (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"),
+        description="file name endings taken as photos (case-insensitive); other files are ignored",
+    )
+    drop_duplicates: bool = Field(
+        False, description="exact duplicate files (same bytes): keep only the first path (false: keep all, reported)"
+    )
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, exts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in exts)
+
+
+class CocoParams(_Strict):
+    """Any COCO-format instances file + its image folder, split into train/test (seeded, or the user's files)."""
+
+    annotations: str | None = Field(None, description="the COCO instances JSON (images, annotations, categories)")
+    images: str | None = Field(None, description="image folder; the file's file_name entries are relative to it")
+    test_share: float = Field(
+        0.2, gt=0, lt=1, description="seeded share of the images in the test split (when no split file is given)"
+    )
+    train_split: str | None = Field(
+        None, description="text file: one training image per line, as an image id or a file name (null: the rest)"
+    )
+    test_split: str | None = Field(
+        None, description="text file: one test image per line, as an image id or a file name (null: the rest)"
+    )
+    crowd_queries: bool = Field(True, description="crowd regions (iscrowd 1) are queries; false: label-only boxes")
+    drop_unannotated_test: bool = Field(False, description="drop test images without any annotation")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the pipeline needs to know about a dataset source."""
+
+    train_split: str | None  # the split whose objects train the models (None: evaluation only)
+    photos: bool = False  # a photo folder: scanned by DVC (watch), EXIF-oriented, extracted incrementally
+
+
+SOURCES: dict[str, Source] = {
+    "synthetic": Source("train"),
+    "coco_voc": Source("train"),
+    "coco": Source("train"),
+    "images": Source("test", photos=True),  # one table, extracted once: the gallery is the training set
+    "lvis": Source(None),
+    "visual_genome": Source(None),
+    "belgalogos": Source(None),
+}
+TRAINABLE_SOURCES = tuple(name for name, s in SOURCES.items() if s.train_split)  # the others: test only
 
 
 class DataParams(_Strict):
@@ -131,6 +188,8 @@ class DataParams(_Strict):
 
     synthetic: SyntheticParams = SyntheticParams()
     coco_voc: CocoVocParams = CocoVocParams()
+    coco: CocoParams = CocoParams()
+    images: ImagesParams = ImagesParams()
     lvis: LvisParams = LvisParams()
     visual_genome: VisualGenomeParams = VisualGenomeParams()
     belgalogos: BelgaLogosParams = BelgaLogosParams()
@@ -380,6 +439,10 @@ class Params(_Strict):
         ("synthetic",), min_length=1, description="datasets to extract, index and evaluate (a data.<name> section each)"
     )
     train_on: str = Field("synthetic", description="the dataset (one of datasets) whose train split trains the models")
+    watch: tuple[str, ...] = Field(
+        (),
+        description="the photo-folder datasets (images) of datasets: DVC lists their files on every repro (stage scan)",
+    )
     backbones: tuple[str, ...] = Field(
         ("efficientnet_lite0",), min_length=1, description="backbones: one train/index/evaluate chain each"
     )
@@ -410,7 +473,21 @@ class Params(_Strict):
             raise ValueError(
                 f"train_on: {self.train_on!r} is evaluation-only (no train split); use one of {list(TRAINABLE_SOURCES)}"
             )
+        folders = [d for d in self.datasets if SOURCES[d].photos]
+        if sorted(self.watch) != sorted(folders):
+            raise ValueError(
+                f"watch must list exactly the photo-folder datasets of datasets, {folders} (got {list(self.watch)}): "
+                "dvc.yaml's scan stage lists their files on every repro"
+            )
         return self
+
+    def train_split(self, dataset: str | None = None) -> str:
+        """The split of ``dataset`` (default: ``train_on``) whose objects train the models:
+        ``train``, or ``test`` for a photo folder (one table: the gallery is the training set)."""
+        split = SOURCES[dataset or self.train_on].train_split
+        if split is None:
+            raise ParamsError(f"dataset {dataset!r} is evaluation-only (no train split)")
+        return split
 
     def dataset(self, name: str | None) -> str:
         """``name`` checked against ``datasets`` (default: ``train_on``)."""

@@ -5,6 +5,8 @@ DVC ``matrix`` stages in dvc.yaml)::
 
     data/<dataset>/dataset/      {split}.json (COCO format) + images/ of generated sources
     data/<dataset>/objects/      Parquet object shards {split}-NNNNN.parquet + summary.json
+    data/sources/<dataset>.json  what the data stage depends on besides params: the scan stage's file
+                                 listing for a photo folder (path, size, mtime), a committed stub otherwise
     data/splits/  data/groups/   Task1-4 splits and scale groups of the training dataset (train_on)
     models/<backbone>/           model.pt, checkpoint.pt, train_log.tsv, params.json
     index/<backbone>/<dataset>/  FAISS gallery indexes and query embeddings
@@ -20,15 +22,18 @@ GROUPS = DATA / "groups"  # assignment.parquet + boundaries.json + area_hist.png
 MODELS = Path("models")
 INDEX = Path("index")
 METRICS = Path("metrics")
+SOURCES = DATA / "sources"  # <dataset>.json: a photo folder's listing (scan stage), else a committed stub
+EMBEDDING_CACHE = Path(".cache") / "embeddings"  # outside DVC: the last index run's vectors, reused by the next
 SPLIT_ORDER = ("train", "val", "test")  # canonical order of a dataset's splits (object ids follow it)
 # the embeddings indexed side by side in index/<backbone>/<dataset>/<embedding>/: the trained model and
 # the same backbone without training (every run reports its untrained baseline)
 EMBEDDINGS = ("model", "pretrained")
+DATASET_REPORT = "report.json"  # the data stage's report of a photo folder (not a split)
 
 
 def dataset_splits(dataset: str) -> list[str]:
     """The splits a dataset's data stage wrote (``{split}.json``), in :data:`SPLIT_ORDER`."""
-    found = {p.stem for p in dataset_dir(dataset).glob("*.json")}
+    found = {p.stem for p in dataset_dir(dataset).glob("*.json") if p.name != DATASET_REPORT}
     rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
     return sorted(found, key=lambda s: (rank.get(s, len(rank)), s))
 
@@ -61,3 +66,13 @@ def metrics_file(backbone: str, dataset: str) -> Path:
 def plots_dir(backbone: str, dataset: str) -> Path:
     """Pictures of one evaluation: buckets.csv / buckets.png (per query size), examples.png."""
     return METRICS / backbone / dataset
+
+
+def source_file(dataset: str) -> Path:
+    """The data stage's dependency on what a dataset is read from (see :data:`SOURCES`)."""
+    return SOURCES / f"{dataset}.json"
+
+
+def embedding_cache(backbone: str, dataset: str) -> Path:
+    """Embeddings of the last index run of one backbone on one dataset (reused when unchanged)."""
+    return EMBEDDING_CACHE / backbone / dataset

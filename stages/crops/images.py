@@ -6,6 +6,7 @@ All images in and out are RGB ``uint8`` arrays of shape ``H x W x 3``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,7 @@ import numpy as np
 
 from stages.errors import InputError
 
-__all__ = ["crop_boxes", "encode_crop", "decode_crop", "read_image", "to_rgb_uint8"]
+__all__ = ["crop_boxes", "encode_crop", "decode_crop", "image_reader", "read_image", "read_photo", "to_rgb_uint8"]
 
 _JPEG_QUALITY = 95
 
@@ -147,3 +148,28 @@ def read_image(path: str | os.PathLike) -> np.ndarray | None:
         return to_rgb_uint8(img)
     except Exception:  # never raise for a bad image
         return None
+
+
+def read_photo(path: str | os.PathLike) -> np.ndarray | None:
+    """A photo as RGB ``uint8`` ``HxWx3`` with its EXIF orientation applied; None when Pillow cannot
+    decode it completely (missing, not an image, truncated, corrupt)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # a truncated or corrupt file raises here (ImageFile.LOAD_TRUNCATED_IMAGES is off)
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                return to_rgb_uint8(np.clip(np.asarray(im), 0, 65535).astype(np.uint16))
+            return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    except Exception:  # never raise for a bad photo
+        return None
+
+
+def image_reader(dataset: str) -> Callable[[str | os.PathLike], np.ndarray | None]:
+    """How a dataset's image files are read: photo folders (``images``) through Pillow with their EXIF
+    orientation applied (:func:`read_photo`), every other source as stored (:func:`read_image`), the
+    pixel grid its annotations were drawn on."""
+    from stages.config import SOURCES
+
+    return read_photo if SOURCES[dataset].photos else read_image

@@ -1,5 +1,5 @@
-"""The data stage: materialise a dataset (synthetic, coco_voc, lvis, visual_genome, belgalogos)
-as COCO-format tables."""
+"""The data stage: materialise a dataset (synthetic, coco_voc, coco, images, lvis, visual_genome,
+belgalogos) as COCO-format tables."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from stages import layout
+from stages.atomic import write_json
 from stages.config import Params
 from stages.data.coco_json import write_dataset
 from stages.errors import InputError
@@ -17,11 +18,12 @@ log = logging.getLogger(__name__)
 # Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
 PARAMS = ("seed", "data.{dataset}")
 
-#: Dataset sources: synthetic (embedded default), the paper's COCO+VOC benchmark and the
-#: evaluation-only generalisation sets (one ``test`` split each).
-SOURCES = ("synthetic", "coco_voc", "lvis", "visual_genome", "belgalogos")
+#: Dataset sources: synthetic (embedded default), the paper's COCO+VOC benchmark, the
+#: evaluation-only generalisation sets (one ``test`` split each) and the user's own data: any
+#: COCO-format file (``coco``) or a folder of photos without labels (``images``).
+SOURCES = ("synthetic", "coco_voc", "lvis", "visual_genome", "belgalogos", "coco", "images")
 
-__all__ = ["SOURCES", "build_dataset", "run", "write_dataset"]
+__all__ = ["PARAMS", "SOURCES", "build_dataset", "run", "write_dataset"]
 
 
 def _synthetic(params: Params, out_dir: Path) -> dict[str, dict]:
@@ -56,12 +58,37 @@ def _belgalogos(params: Params, out_dir: Path) -> dict[str, dict]:
     return belgalogos.build(params.data.belgalogos, params.seed)
 
 
+def _coco(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import coco
+
+    return coco.build(params.data.coco, params.seed)
+
+
+def _images(params: Params, out_dir: Path) -> dict[str, dict]:
+    from stages.data import images
+
+    splits, report = images.build(params.data.images, out_dir)
+    write_json(out_dir / layout.DATASET_REPORT, report)
+    log.info(
+        "data: images: %d of %d files kept, %d unreadable, %d exact duplicates (%s), %d EXIF-rotated",
+        report["images"],
+        report["files"],
+        report["unreadable"],
+        report["duplicate_files"],
+        "dropped" if report["duplicates_dropped"] else "kept",
+        report["exif_rotated"],
+    )
+    return splits
+
+
 _BUILDERS: dict[str, Callable[[Params, Path], dict[str, dict]]] = {
     "synthetic": _synthetic,
     "coco_voc": _coco_voc,
     "lvis": _lvis,
     "visual_genome": _visual_genome,
     "belgalogos": _belgalogos,
+    "coco": _coco,
+    "images": _images,
 }
 
 
@@ -70,7 +97,8 @@ def build_dataset(name: str, params: Params, out_dir: str | Path) -> dict[str, d
 
     Real datasets are referenced in place (absolute ``file_name``); only the synthetic
     source writes images (under ``out_dir/images/``, file names relative to ``out_dir``).
-    Splits: synthetic ``train, test``; coco_voc ``train, val, test``; the others ``test``.
+    Splits: synthetic and coco ``train, test``; coco_voc ``train, val, test``; the others ``test``
+    (for ``images``, the one table that is both gallery and training set).
     """
     if name not in _BUILDERS:
         raise InputError(f"unknown dataset {name!r}; expected one of {', '.join(SOURCES)}")

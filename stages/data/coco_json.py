@@ -21,11 +21,12 @@ from stages.data.files import ANNOTATION_COLUMNS, IMAGE_COLUMNS, boxes_frame, li
 from stages.tables import DatasetError
 
 
-def to_coco(images: pd.DataFrame, boxes: pd.DataFrame, categories: list[dict]) -> dict:
+def to_coco(images: pd.DataFrame, boxes: pd.DataFrame, categories: list[dict], extra: tuple[str, ...] = ()) -> dict:
     """Images (IMAGE_COLUMNS) + boxes (ANNOTATION_COLUMNS) -> a COCO dict; annotation ids 1..n.
 
     Images are sorted by id and boxes by (image id, source order); ``"query": false`` is
     written only on label-only boxes, so plain COCO readers see ordinary annotations.
+    ``extra``: image columns also written into each image entry (e.g. ``signature``).
     """
     images = images.sort_values("image_id", kind="stable")
     boxes = boxes.loc[boxes["image_id"].isin(images["image_id"])]
@@ -34,6 +35,9 @@ def to_coco(images: pd.DataFrame, boxes: pd.DataFrame, categories: list[dict]) -
         {"id": int(i), "file_name": str(f), "width": int(w), "height": int(h)}
         for i, f, w, h in zip(images["image_id"], images["file_name"], images["width"], images["height"])
     ]
+    for key in extra:
+        for entry, value in zip(imgs, images[key].tolist()):
+            entry[key] = value
     xywh = np.round(boxes[["x", "y", "w", "h"]].to_numpy(np.float64), 2).tolist()
     anns = []
     for k, (img, cat, bb, q) in enumerate(

@@ -1,5 +1,9 @@
 """The evaluate stage: object- and image-level retrieval metrics into ``metrics/*.json``.
 
+A dataset without any ground-truth box (a photo folder) cannot be scored: its metrics file says so,
+``{"ground_truth": false, "gallery": <objects>, "queries": 0, ...}``, and its pictures carry that
+message, so the DAG still runs end to end.
+
 Object level: a returned gallery object is relevant when its IoU with a ground-truth box of the
 query's class is >= ``evaluate.object_iou`` (0.3); image level: any overlap (paper V-A).
 Reported for all / known / unknown query classes of the configured task and for the paper's
@@ -22,6 +26,7 @@ from stages.evaluate.plots import write_pictures
 from stages.evaluate.protocol import evaluate_index
 from stages.tables import load_split
 
+__all__ = ["PARAMS", "run", "without_ground_truth"]
 log = logging.getLogger(__name__)
 
 # Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
@@ -43,6 +48,9 @@ def run(params: Params, backbone: str, dataset: str) -> None:
     if not tasks_file.exists():
         raise MissingInputError(f"{tasks_file} not found; run the splits stage first")
     test = load_split(layout.dataset_dir(dataset) / "test.json")
+    if test.boxes.empty:
+        without_ground_truth(backbone, dataset, params)
+        return
     evaluation = evaluate_index(
         layout.index_dir(backbone, dataset),
         test,
@@ -58,3 +66,32 @@ def run(params: Params, backbone: str, dataset: str) -> None:
         "evaluate: O-R@1 %.2f (pretrained %.2f), O-mAP %.2f (%.2f), I-R@1 %.2f (%.2f), I-mAP %.2f (%.2f)",
         *(v for key in ("O-R@1", "O-mAP", "I-R@1", "I-mAP") for v in (m[key], p[key])),
     )
+
+
+def without_ground_truth(backbone: str, dataset: str, params: Params) -> dict:
+    """The metrics file (and pictures) of a dataset without ground truth: what was indexed, no score."""
+    from stages.evaluate.plots import write_without_ground_truth
+
+    index_file = layout.index_dir(backbone, dataset) / "index.json"
+    if not index_file.exists():
+        raise MissingInputError(f"{index_file} not found; run the index stage first")
+    info = json.loads(index_file.read_text())
+    metrics = {
+        "backbone": backbone,
+        "dataset": dataset,
+        "ground_truth": False,
+        "groups": params.groups,
+        "task": params.task,
+        "gallery": info["gallery"],
+        "queries": 0,
+        "note": "no ground-truth box in the test split: nothing to score (search the index instead)",
+    }
+    write_json(layout.metrics_file(backbone, dataset), metrics)
+    write_without_ground_truth(
+        layout.plots_dir(backbone, dataset),
+        f"{dataset}: no ground truth, no metric ({info['gallery']} objects indexed)",
+    )
+    log.info(
+        "evaluate: %s has no ground truth: wrote %s without scores", dataset, layout.metrics_file(backbone, dataset)
+    )
+    return metrics

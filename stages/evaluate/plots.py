@@ -149,3 +149,15 @@ def write_pictures(evaluation: Evaluation, test: ImageTable, plots_dir: Path, cr
         Path(plots_dir) / "examples.png",
         crop_size,
     )
+
+
+def write_without_ground_truth(plots_dir: Path, message: str) -> None:
+    """The pictures of a dataset without ground truth (a photo folder): ``buckets.csv`` with its
+    header only and two PNGs that say why there is nothing to draw (DVC declares all three)."""
+    plots_dir = Path(plots_dir)
+    with atomic_path(plots_dir / "buckets.csv") as tmp:
+        pd.DataFrame(columns=["bucket", "queries", *BUCKET_COLUMNS]).to_csv(tmp, index=False)
+    for name in ("buckets.png", "examples.png"):
+        fig = Figure(figsize=(6, 1.2))
+        fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=10)
+        _save(fig, plots_dir / name)

@@ -16,7 +16,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from stages import layout
-from stages.config import ExtractParams, Params
+from stages.config import SOURCES, ExtractParams, Params
+from stages.crops import image_reader, read_image
 from stages.errors import InputError, MissingInputError
 from stages.extract.extraction import Engine, extract_dataset
 from stages.extract.local import local_results
@@ -68,28 +69,38 @@ def extract_tables(
     cfg: ExtractParams,
     fingerprint: str,
     engine: Engine | None = None,
+    reader: Callable = read_image,
+    incremental: bool = False,
 ) -> dict:
     """Extract the images of ``tables`` (split -> DataFrame with ``image_id, path``) into
-    ``objects_dir`` with the local engine (or ``engine``); returns the summary."""
-    engine = engine or functools.partial(local_results, extractor=extractor, cfg=cfg)
-    return extract_dataset(tables, objects_dir, engine, extractor.name, cfg, fingerprint)
+    ``objects_dir`` with the local engine (or ``engine``); returns the summary.  ``reader(path)``
+    decodes an image; ``incremental``: follow a changed table image by image (photo folders)."""
+    engine = engine or functools.partial(local_results, extractor=extractor, cfg=cfg, reader=reader)
+    return extract_dataset(tables, objects_dir, engine, extractor.name, cfg, fingerprint, incremental)
 
 
 def extract_tables_ray(
-    tables: dict, objects_dir: Path, cfg: ExtractParams, fingerprint: str, factory: Callable | None = None
+    tables: dict,
+    objects_dir: Path,
+    cfg: ExtractParams,
+    fingerprint: str,
+    factory: Callable | None = None,
+    reader: Callable = read_image,
+    incremental: bool = False,
 ) -> dict:
     """:func:`extract_tables` on a Ray cluster (``cfg.ray_address``, ``$RAY_ADDRESS`` or a local
     one); ``factory()`` builds the extractor in each actor (default: from ``cfg``)."""
     from stages.extract.ray_engine import ray_cluster, ray_results
 
     factory = factory or functools.partial(build_extractor, cfg)
-    engine = functools.partial(ray_results, factory=factory, cfg=cfg, workers=cfg.ray_workers)
+    engine = functools.partial(ray_results, factory=factory, cfg=cfg, workers=cfg.ray_workers, reader=reader)
     with ray_cluster(cfg.ray_address):
-        return extract_dataset(tables, objects_dir, engine, cfg.extractor, cfg, fingerprint)
+        return extract_dataset(tables, objects_dir, engine, cfg.extractor, cfg, fingerprint, incremental)
 
 
 def run(params: Params, dataset: str) -> None:
-    """Extract the objects of every split of ``dataset`` into ``data/<dataset>/objects/`` (resumable)."""
+    """Extract the objects of every split of ``dataset`` into ``data/<dataset>/objects/`` (resumable;
+    incremental for a photo folder: only new or changed images are extracted)."""
     name = dataset
     cfg = params.extract
     splits = layout.dataset_splits(name)
@@ -97,9 +108,11 @@ def run(params: Params, dataset: str) -> None:
         raise MissingInputError(f"no dataset tables in {layout.dataset_dir(name)}; run the data stage")
     files = [layout.dataset_dir(name) / f"{split}.json" for split in splits]
     tables = {split: load_split(f).images for split, f in zip(splits, files)}
-    fingerprint = extract_fingerprint(cfg, files)
+    incremental = SOURCES[name].photos  # a photo folder changes: update, do not start over
+    fingerprint = extract_fingerprint(cfg, files, incremental)
     out = layout.objects_dir(name)
+    reader = image_reader(name)
     if cfg.engine == "ray":
-        extract_tables_ray(tables, out, cfg, fingerprint)
+        extract_tables_ray(tables, out, cfg, fingerprint, reader=reader, incremental=incremental)
     else:
-        extract_tables(tables, out, build_extractor(cfg), cfg, fingerprint)
+        extract_tables(tables, out, build_extractor(cfg), cfg, fingerprint, reader=reader, incremental=incremental)

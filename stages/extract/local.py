@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,12 @@ class ImageResult:
     objects: dict | None
 
 
-def prefetch_images(images: pd.DataFrame, depth: int = 2) -> Iterator[tuple[int, str, np.ndarray | None]]:
+def prefetch_images(
+    images: pd.DataFrame, depth: int = 2, reader: Callable = read_image
+) -> Iterator[tuple[int, str, np.ndarray | None]]:
     """Yield ``(image_id, path, RGB image or None)`` in table order, decoding up to ``depth`` images
-    ahead in a thread (OpenCV releases the GIL while decoding)."""
+    ahead in a thread (OpenCV and Pillow release the GIL while decoding); ``reader(path)`` decodes
+    (``stages.data.image_reader`` of the dataset)."""
     rows = iter(zip(images["image_id"].tolist(), images["path"].tolist()))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
         queue: deque = deque()
@@ -37,7 +40,7 @@ def prefetch_images(images: pd.DataFrame, depth: int = 2) -> Iterator[tuple[int,
         def submit() -> None:
             row = next(rows, None)
             if row is not None:
-                queue.append((row, pool.submit(read_image, row[1])))
+                queue.append((row, pool.submit(reader, row[1])))
 
         for _ in range(max(1, depth)):
             submit()
@@ -51,8 +54,10 @@ def prefetch_images(images: pd.DataFrame, depth: int = 2) -> Iterator[tuple[int,
                 future.cancel()
 
 
-def local_results(images: pd.DataFrame, extractor, cfg: ExtractParams) -> Iterator[ImageResult]:
+def local_results(
+    images: pd.DataFrame, extractor, cfg: ExtractParams, reader: Callable = read_image
+) -> Iterator[ImageResult]:
     """Extract every image of the table in this process, in table order."""
-    for image_id, path, image in prefetch_images(images):
+    for image_id, path, image in prefetch_images(images, reader=reader):
         objects = None if image is None else image_objects(image, extractor, cfg.crop_size, cfg.crop_format)
         yield ImageResult(image_id, path, objects)

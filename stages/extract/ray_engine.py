@@ -14,6 +14,7 @@ installed; its ``stages`` package is shipped with the job), else starts a local 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -80,8 +81,8 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None):
         ray.shutdown()
 
 
-def _decode(row: dict) -> dict:
-    image = read_image(row["path"])
+def _decode(row: dict, reader: Callable = read_image) -> dict:
+    image = reader(row["path"])
     return {
         "image_id": row["image_id"],
         "path": row["path"],
@@ -142,7 +143,12 @@ def _to_result(row: dict) -> ImageResult:
 
 
 def ray_results(
-    images: pd.DataFrame, factory: Callable, cfg: ExtractParams, workers: int | None = None, batch_size: int = 1
+    images: pd.DataFrame,
+    factory: Callable,
+    cfg: ExtractParams,
+    workers: int | None = None,
+    batch_size: int = 1,
+    reader: Callable = read_image,
 ) -> Iterator[ImageResult]:
     """Extract the images of the table on the Ray cluster; results come back in table order.
 
@@ -167,7 +173,7 @@ def ray_results(
     try:
         items = [{"image_id": int(i), "path": str(p)} for i, p in zip(images["image_id"], images["path"])]
         ds = ray.data.from_items(items, override_num_blocks=min(len(items), max(1, n_actors * 4)))
-        ds = ds.map(_decode, num_cpus=_DECODE_CPUS)
+        ds = ds.map(functools.partial(_decode, reader=reader), num_cpus=_DECODE_CPUS)
         ds = ds.map_batches(
             _actor_class(factory, cfg),
             batch_size=batch_size,

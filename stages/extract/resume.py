@@ -7,6 +7,11 @@ images with no object and unreadable images) and the next free object id after i
 that the manifest does not list (a shard renamed just before a crash) and ``*.tmp`` files are
 deleted when a run starts.  A fingerprint of the extraction parameters and the dataset tables is
 stored too: when it differs, the directory is cleared and extraction starts over.
+
+**Incremental** datasets (photo folders) leave the tables out of the fingerprint: each shard also
+lists the ``signature`` (size:mtime_ns) of each image it covers, and a rerun on a changed folder
+drops the objects of removed or modified images from their shards and extracts only the images
+no shard covers (:mod:`stages.extract.extraction`).  Object ids are never reused.
 """
 
 from __future__ import annotations
@@ -31,17 +36,21 @@ _RUN_ONLY = {"engine", "ray_address", "ray_workers"}
 _SAM_RUN_ONLY = {"device"}
 
 
-def extract_fingerprint(cfg: ExtractParams, dataset_files: list[Path]) -> str:
-    """Hash of the result-relevant extract params and of the dataset tables' bytes."""
+def extract_fingerprint(cfg: ExtractParams, dataset_files: list[Path], incremental: bool = False) -> str:
+    """Hash of the result-relevant extract params and of the dataset tables' bytes (only their
+    split names when ``incremental``: images are then followed one by one, by signature)."""
     params = cfg.model_dump(mode="json")
     for key in _RUN_ONLY:
         params.pop(key, None)
     for key in _SAM_RUN_ONLY:
         params.get("sam", {}).pop(key, None)
     h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    if incremental:
+        h.update(b"incremental")
     for path in dataset_files:
         h.update(Path(path).name.encode())
-        h.update(Path(path).read_bytes())
+        if not incremental:
+            h.update(Path(path).read_bytes())
     return h.hexdigest()
 
 
@@ -52,6 +61,7 @@ class ShardRecord:
     images: list[int]
     skipped: list[str]
     next_object_id: int
+    signatures: list[str] | None = None  # incremental datasets: each image's signature, as ``images``
 
 
 @dataclass
@@ -63,7 +73,12 @@ class SplitRecord:
         return {i for s in self.shards for i in s.images}
 
     def next_shard_index(self) -> int:
-        return sum(1 for s in self.shards if s.file is not None)
+        """One past the highest shard number listed (shards emptied by removals leave gaps)."""
+        return 1 + max((int(s.file.rsplit("-", 1)[1].split(".")[0]) for s in self.shards if s.file), default=-1)
+
+    def signatures(self) -> dict[int, str]:
+        """``image id -> signature`` of the images covered (incremental datasets)."""
+        return {i: g for s in self.shards for i, g in zip(s.images, s.signatures or [])}
 
 
 @dataclass
@@ -86,7 +101,7 @@ class Manifest:
         data = {
             "version": _VERSION,
             "fingerprint": self.fingerprint,
-            "splits": {k: asdict(v) for k, v in self.splits.items()},
+            "splits": {k: _record_dict(v) for k, v in self.splits.items()},
         }
         write_text(Path(directory) / MANIFEST, json.dumps(data) + "\n")
 
@@ -103,6 +118,14 @@ class Manifest:
             return cls(fingerprint=str(data["fingerprint"]), splits=splits)
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def _record_dict(rec: SplitRecord) -> dict:
+    data = asdict(rec)
+    for shard in data["shards"]:
+        if shard["signatures"] is None:  # non-incremental datasets: the manifest of before
+            del shard["signatures"]
+    return data
 
 
 def open_manifest(directory: Path, fingerprint: str, splits: list[str]) -> Manifest:

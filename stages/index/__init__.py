@@ -16,10 +16,20 @@ PARAMS = ("seed", "extract.crop_size", "index")
 
 
 def run(params: Params, backbone: str, dataset: str) -> None:
-    """Index the test gallery of ``dataset`` with the model of ``backbone``."""
+    """Index the test gallery of ``dataset`` with the model of ``backbone`` (reusing the last run's
+    embeddings of unchanged objects, :mod:`stages.index.cache`)."""
+    from stages.crops import image_reader
     from stages.index.build import build_index_dir
     from stages.tables import load_split
 
     test = load_split(layout.dataset_dir(dataset) / "test.json")
     model = layout.model_dir(backbone) / "model.pt"
-    build_index_dir(layout.index_dir(backbone, dataset), model, test, layout.objects_dir(dataset), params)
+    build_index_dir(
+        layout.index_dir(backbone, dataset),
+        model,
+        test,
+        layout.objects_dir(dataset),
+        params,
+        cache_dir=layout.embedding_cache(backbone, dataset),
+        reader=image_reader(dataset),
+    )

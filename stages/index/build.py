@@ -28,6 +28,7 @@ from stages.config import Params
 from stages.crops import crop_boxes, read_image
 from stages.crops.tensors import crops_to_tensor, decode_to_tensor
 from stages.errors import InputError, MissingInputError
+from stages.index.cache import EmbeddingCache, embedding_key, object_keys, save_cache
 from stages.index.embed import embed_chunk, iter_encoded_chunks
 from stages.model import load_model, pretrained_model
 from stages.shards import BOX_COLUMNS, shard_paths
@@ -46,7 +47,9 @@ def query_boxes(test: ImageTable) -> pd.DataFrame:
     return boxes
 
 
-def iter_query_crops(test: ImageTable, crop_size: int, chunk: int) -> Iterator[tuple[pd.DataFrame, list[np.ndarray]]]:
+def iter_query_crops(
+    test: ImageTable, crop_size: int, chunk: int, reader=read_image
+) -> Iterator[tuple[pd.DataFrame, list[np.ndarray]]]:
     """Query boxes of the test images, cropped like the gallery objects, ``chunk`` crops at a time.
 
     Boxes are clipped to their image; boxes left thinner than a pixel and unreadable images are
@@ -59,7 +62,7 @@ def iter_query_crops(test: ImageTable, crop_size: int, chunk: int) -> Iterator[t
         gt = boxes_by_image.get(im.image_id)
         if gt is None:
             continue
-        image = read_image(im.path)
+        image = reader(im.path)
         if image is None:
             log.warning("index: skipping queries of unreadable image %s", im.path)
             continue
@@ -77,18 +80,22 @@ def iter_query_crops(test: ImageTable, crop_size: int, chunk: int) -> Iterator[t
         yield pd.concat(rows, ignore_index=True), crops
 
 
-def embed_gallery(objects_dir: Path, nets: dict, out: Path, params: Params) -> int:
-    """Embed the test objects chunk by chunk (decode, embed with every net, write shards); returns their count.
+def embed_gallery(
+    objects_dir: Path, nets: dict, out: Path, params: Params, caches: dict[str, EmbeddingCache] | None = None
+) -> tuple[int, np.ndarray]:
+    """Embed the test objects chunk by chunk (decode, embed with every net, write shards); returns
+    their count and their cache keys (:func:`stages.index.cache.object_keys`).
 
     Writes ``out/gallery.parquet`` (the objects without their crops, in embedding row order) and
     ``out/<name>/gallery-NNNNN.npy`` per net; at most ``index.chunk_rows`` crops are decoded at once.
+    ``caches`` (per net): objects found there are not decoded nor embedded again.
     """
     paths = shard_paths(objects_dir, "test")
     if not paths:
         raise MissingInputError(f"no object shards for split 'test' in {objects_dir}; run the extract stage")
     columns = ["object_id", "image_id", *BOX_COLUMNS, "area", "score"]
     writers = {name: VectorShardWriter(out / name, "gallery") for name in nets}
-    n = 0
+    n, reused, all_keys = 0, 0, []
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     size = next(iter(nets.values())).input_size
     with atomic_path(out / "gallery.parquet") as tmp, tqdm(total=total, desc="embed gallery", unit="obj") as bar:
@@ -96,9 +103,25 @@ def embed_gallery(objects_dir: Path, nets: dict, out: Path, params: Params) -> i
         for chunk in iter_encoded_chunks(paths, columns + ["crop"], params.index.chunk_rows):
             if not len(chunk):
                 continue
-            crops = decode_to_tensor(chunk["crop"].tolist(), size)
-            for name, vectors in zip(nets, embed_chunk(list(nets.values()), crops, params.index.batch_size)):
+            keys = object_keys(chunk)
+            all_keys.append(keys)
+            rows = {name: (caches or {}).get(name, EmbeddingCache.EMPTY).lookup(keys) for name in nets}
+            miss = np.logical_or.reduce([r < 0 for r in rows.values()])
+            fresh: list[np.ndarray] = []
+            if miss.any():
+                crops = decode_to_tensor(chunk["crop"][miss].tolist(), size)
+                fresh = embed_chunk(list(nets.values()), crops, params.index.batch_size)
+            for k, name in enumerate(nets):
+                if miss.all():
+                    writers[name].add(fresh[k])
+                    continue
+                hits = caches[name].gather(rows[name][~miss])
+                vectors = np.empty((len(chunk), hits.shape[1]), np.float32)
+                vectors[~miss] = hits
+                if miss.any():
+                    vectors[miss] = fresh[k]
                 writers[name].add(vectors)
+            reused += int((~miss).sum())
             table = pa.Table.from_pandas(chunk[columns], preserve_index=False)
             meta_writer = meta_writer or pq.ParquetWriter(tmp, table.schema)
             meta_writer.write_table(table)
@@ -107,17 +130,27 @@ def embed_gallery(objects_dir: Path, nets: dict, out: Path, params: Params) -> i
         if meta_writer is None:
             raise InputError("the gallery is empty: no objects were extracted from the test images")
         meta_writer.close()
-    return n
+    if caches is not None:
+        log.info("index: %d gallery objects: %d embedded, %d reused from the embedding cache", n, n - reused, reused)
+    return n, np.concatenate(all_keys)
 
 
-def embed_queries(test: ImageTable, nets: dict, out: Path, params: Params) -> int:
-    """Embed the query boxes chunk by chunk into ``out/<name>/queries.npy``; rows in ``out/queries.parquet``."""
+def embed_queries(
+    test: ImageTable, nets: dict, out: Path, params: Params, dims: dict[str, int] | None = None, reader=read_image
+) -> int:
+    """Embed the query boxes chunk by chunk into ``out/<name>/queries.npy``; rows in ``out/queries.parquet``.
+
+    A split without any ground-truth box (a photo folder) has no query: empty files are written
+    (``dims``: each net's dimension).  ``reader(path)`` reads the test images."""
     rows, vectors = [], {name: [] for name in nets}
-    for q_rows, crops in iter_query_crops(test, params.extract.crop_size, params.index.chunk_rows):
+    for q_rows, crops in iter_query_crops(test, params.extract.crop_size, params.index.chunk_rows, reader):
         tensor = crops_to_tensor(crops, next(iter(nets.values())).input_size)
         for name, v in zip(nets, embed_chunk(list(nets.values()), tensor, params.index.batch_size)):
             vectors[name].append(v)  # queries are GT boxes: thousands, not millions
         rows.append(q_rows)
+    if not rows and test.boxes.empty:
+        rows = [test.boxes.iloc[:0].assign(area=np.zeros(0))]
+        vectors = {name: [np.zeros((0, (dims or {}).get(name, 0)), np.float32)] for name in nets}
     if not rows:
         raise InputError("no queries: the test images have no usable ground-truth boxes")
     queries = pd.concat(rows, ignore_index=True)
@@ -127,11 +160,20 @@ def embed_queries(test: ImageTable, nets: dict, out: Path, params: Params) -> in
     return len(queries)
 
 
-def build_index_dir(out: Path, model_path: Path, test: ImageTable, objects_dir: Path, params: Params) -> dict:
+def build_index_dir(
+    out: Path,
+    model_path: Path,
+    test: ImageTable,
+    objects_dir: Path,
+    params: Params,
+    cache_dir: Path | None = None,
+    reader=read_image,
+) -> dict:
     """The whole index stage for one model and one dataset's test split, into ``out``.
 
     ``out/`` gets gallery.parquet, queries.parquet, index.json and, per embedding (``model``,
-    ``pretrained``), gallery-NNNNN.npy shards, queries.npy and gallery.faiss.
+    ``pretrained``), gallery-NNNNN.npy shards, queries.npy and gallery.faiss.  ``cache_dir``: the
+    embedding cache (:mod:`stages.index.cache`), read first and replaced by this run's gallery.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,8 +181,16 @@ def build_index_dir(out: Path, model_path: Path, test: ImageTable, objects_dir: 
     nets = dict(zip(layout.EMBEDDINGS, (model, pretrained_model(meta))))
     for name in nets:
         (out / name).mkdir(exist_ok=True)
-    n_gallery = embed_gallery(objects_dir, nets, out, params)
-    n_queries = embed_queries(test, nets, out, params)
+    caches = keys = None
+    if cache_dir is not None:
+        keys = {n: embedding_key(model_path, n, meta["input_size"], params.index.batch_size) for n in nets}
+        caches = {n: EmbeddingCache(Path(cache_dir) / n, keys[n]) for n in nets}
+    n_gallery, object_keys_ = embed_gallery(objects_dir, nets, out, params, caches)
+    dims = {n: int(np.load(vector_shards(out / n, "gallery")[0], mmap_mode="r").shape[1]) for n in nets}
+    n_queries = embed_queries(test, nets, out, params, dims, reader)
+    if cache_dir is not None:
+        for n in nets:
+            save_cache(Path(cache_dir) / n, keys[n], object_keys_, vector_shards(out / n, "gallery"))
     info: dict = {"gallery": n_gallery, "queries": n_queries}
     for name in nets:
         index, kind = build_from_shards(

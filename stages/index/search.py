@@ -32,9 +32,12 @@ class Hit:
     distance: float
 
 
-def query_crop(image_path: Path, box: tuple[float, float, float, float] | None, crop_size: int) -> np.ndarray:
-    """The query crop: a box of an image, or the whole image when no box is given."""
-    image = read_image(image_path)
+def query_crop(
+    image_path: Path, box: tuple[float, float, float, float] | None, crop_size: int, reader=read_image
+) -> np.ndarray:
+    """The query crop: a box of an image, or the whole image when no box is given; ``reader``:
+    how the image is read (``stages.data.image_reader``: EXIF-oriented for photo folders)."""
+    image = reader(image_path)
     if image is None:
         raise UserError(f"cannot read image {image_path} (missing, unreadable or not an image)")
     h, w = image.shape[:2]
@@ -85,12 +88,12 @@ def search(
     return hits
 
 
-def draw_hits(query: np.ndarray, hits: list[Hit], path: Path, tile: int = 192) -> None:
+def draw_hits(query: np.ndarray, hits: list[Hit], path: Path, tile: int = 192, reader=read_image) -> None:
     """A sheet: the query crop, then each hit's image with its box drawn and its rank/distance."""
     tiles = [cv2.resize(query, (tile, tile), interpolation=cv2.INTER_LINEAR)]
     cv2.putText(tiles[0], "query", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
     for hit in hits:
-        image = read_image(hit.image_path)
+        image = reader(hit.image_path)
         if image is None:
             continue
         h, w = image.shape[:2]

@@ -1,4 +1,10 @@
-"""The splits stage: Task1–Task4 known/unknown classes and the training objects of a task."""
+"""The splits stage: Task1–Task4 known/unknown classes and the training objects of a task.
+
+The training split is ``params.train_split()``: ``train``, or ``test`` for a photo folder (its one
+table is gallery and training set).  A training split **without any ground-truth box** (a photo
+folder) has no class to filter by: every extracted object of it is a training object, and
+``tasks.json`` lists no class (every query class of another dataset is then "unknown").
+"""
 
 from __future__ import annotations
 
@@ -38,7 +44,8 @@ def training_objects(objects: pd.DataFrame, gt: pd.DataFrame, known_ids: np.ndar
 def run(params: Params) -> None:
     """Write the task split of the ``train_on`` dataset (tasks.json) and its training objects."""
     out = layout.SPLITS
-    train = load_split(layout.dataset_dir(params.train_on) / "train.json")
+    split = params.train_split()
+    train = load_split(layout.dataset_dir(params.train_on) / f"{split}.json")
     cats = train.categories
     task_index = task_of_categories(cats["name"].tolist())
     known = known_mask(task_index, params.task)
@@ -52,9 +59,12 @@ def run(params: Params) -> None:
     }
     write_json(out / "tasks.json", tasks)
     objects = read_objects(
-        layout.objects_dir(params.train_on), "train", columns=["object_id", "image_id", *BOX_COLUMNS, "area"]
+        layout.objects_dir(params.train_on), split, columns=["object_id", "image_id", *BOX_COLUMNS, "area"]
     )
-    keep = training_objects(objects, train.boxes, known_ids)
+    if train.boxes.empty:  # no labels at all: unsupervised on every extracted object
+        keep = np.ones(len(objects), bool)
+    else:
+        keep = training_objects(objects, train.boxes, known_ids)
     chosen = objects.loc[keep, ["object_id", "image_id", "area"]].reset_index(drop=True)
     write_parquet(out / "train_objects.parquet", chosen)
     log.info(

@@ -24,7 +24,7 @@ class DatasetError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ImageTable:
-    images: pd.DataFrame  # image_id, path (absolute), width, height
+    images: pd.DataFrame  # image_id, path (absolute), width, height, signature ('' unless a photo folder)
     boxes: pd.DataFrame  # image_id, category_id, x1, y1, x2, y2, query (ground truth)
     categories: pd.DataFrame  # category_id, name
 
@@ -51,6 +51,8 @@ def load_split(path: str | Path) -> ImageTable:
                 "path": [str((path.parent / im["file_name"]).resolve()) for im in coco["images"]],
                 "width": [int(im["width"]) for im in coco["images"]],
                 "height": [int(im["height"]) for im in coco["images"]],
+                # photo folders: "<size>:<mtime_ns>" of the file (a change re-extracts the image)
+                "signature": [str(im.get("signature", "")) for im in coco["images"]],
             }
         )
         ann = coco["annotations"]

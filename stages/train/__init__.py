@@ -34,8 +34,9 @@ def training_code() -> set[str]:
     return codebase.closure([__name__])
 
 
-def training_objects(objects_dir: Path) -> tuple[pd.DataFrame, ShardLocations]:
-    """Training objects (splits stage) with their scale group, and where each lies in the shards.
+def training_objects(objects_dir: Path, split: str = "train") -> tuple[pd.DataFrame, ShardLocations]:
+    """Training objects (splits stage) with their scale group, and where each lies in the ``split``
+    shards (``Params.train_split``: ``test`` for a photo folder).
 
     Only the ids and groups are read here (about 16 bytes per object with the locations); the crops
     are read by :mod:`stages.train.data`, in memory or streamed."""
@@ -44,20 +45,20 @@ def training_objects(objects_dir: Path) -> tuple[pd.DataFrame, ShardLocations]:
     table = chosen.merge(groups, on="object_id", how="left", validate="one_to_one")
     if table["group"].isna().any():
         raise InputError("some training objects have no scale group; rerun the groups stage")
-    locations = locate(objects_dir, "train", table["object_id"].to_numpy(np.int64))
+    locations = locate(objects_dir, split, table["object_id"].to_numpy(np.int64))
     return table, locations
 
 
 def load_training_crops(
-    objects_dir: Path, input_size: int, cache_gb: float = float("inf"), workers: int = 0
+    objects_dir: Path, input_size: int, cache_gb: float = float("inf"), workers: int = 0, split: str = "train"
 ) -> tuple[pd.DataFrame, CropSource]:
     """Training objects with their scale group, and their crops: decoded in memory when they fit
     ``cache_gb`` (the rule of :func:`stages.train.data.training_crops`), else streamed."""
-    table, locations = training_objects(objects_dir)
+    table, locations = training_objects(objects_dir, split)
     return table, training_crops(locations, input_size, cache_gb, workers)
 
 
-def data_identity(objects_dir: Path, object_ids: np.ndarray, group_of: np.ndarray) -> str:
+def data_identity(objects_dir: Path, object_ids: np.ndarray, group_of: np.ndarray, split: str = "train") -> str:
     """What a run's crops are, without reading a pixel: the extraction manifest's fingerprint
     (extract params and dataset tables), the train shards' names and sizes, the chosen object
     ids and their groups."""
@@ -65,7 +66,7 @@ def data_identity(objects_dir: Path, object_ids: np.ndarray, group_of: np.ndarra
     manifest = Path(objects_dir) / "manifest.json"
     if manifest.exists():
         h.update(str(json.loads(manifest.read_text()).get("fingerprint")).encode())
-    for p in shard_paths(objects_dir, "train"):
+    for p in shard_paths(objects_dir, split):
         h.update(f"{p.name}:{p.stat().st_size};".encode())
     h.update(np.ascontiguousarray(object_ids, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(group_of, dtype=np.int64).tobytes())
@@ -125,7 +126,8 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
         write_text(out / "train_log.tsv", "\t".join(LOG_COLUMNS) + "\n")
     else:
         objects_dir = layout.objects_dir(params.train_on)
-        table, crops = load_training_crops(objects_dir, cfg.input_size, cfg.cache_gb, cfg.workers)
+        split = params.train_split()
+        table, crops = load_training_crops(objects_dir, cfg.input_size, cfg.cache_gb, cfg.workers, split)
         group_of = table["group"].to_numpy(np.int64)
         if len(table) == 0:
             raise InputError("no training objects: check the extract and splits stages")
@@ -141,7 +143,7 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
                     params,
                     backbone,
                     table["object_id"].to_numpy(),
-                    data_identity(objects_dir, table["object_id"].to_numpy(), group_of),
+                    data_identity(objects_dir, table["object_id"].to_numpy(), group_of, split),
                 ),
             ),
             seed=params.seed,

@@ -57,7 +57,7 @@ def test_write_dataset_replaces_atomically(tmp_path):
 def test_every_source_dispatches_and_unknown_fails(tmp_path):
     params = Params()
     for name in SOURCES[1:]:  # real sources without paths: a message naming the key
-        with pytest.raises(DatasetError, match=rf"data\.{name}\.(coco_root|annotations|root) is not set"):
+        with pytest.raises(DatasetError, match=rf"data\.{name}\.(coco_root|annotations|root|paths) is not set"):
             build_dataset(name, params, tmp_path)
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         build_dataset("imagenet", params, tmp_path)

@@ -50,6 +50,7 @@ def repo(tmp_path_factory) -> Path:
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    shutil.copytree(ROOT / "data" / "sources", repo / "data" / "sources")  # the data stage's committed stubs
     write_tiny_params(repo / "params.yaml")
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "config", "user.email", "ci@example.invalid")

@@ -58,7 +58,7 @@ def test_gallery_embedded_chunk_by_chunk(tmp_path):
     nets = {"model": MeanColour(), "pretrained": MeanColour()}
     for name in nets:
         (tmp_path / "out" / name).mkdir(parents=True)
-    n = embed_gallery(tmp_path / "objects", nets, tmp_path / "out", params)
+    n, _ = embed_gallery(tmp_path / "objects", nets, tmp_path / "out", params)
     assert n == 53
     paths = vector_shards(tmp_path / "out" / "model")
     assert shard_rows(paths).max() <= 8 and shard_rows(paths).sum() == 53
