@@ -138,10 +138,17 @@ class Gallery:
             )
         ]
 
-    def nearest(self, vector: np.ndarray, k: int, offset: int = 0) -> list[Hit]:
-        """Hits ``offset + 1 .. offset + k`` of one query vector."""
-        dist, rows = self.search(vector, offset + k)
-        return self.hits(dist[0, offset:], rows[0, offset:], offset)
+    def nearest(self, vector: np.ndarray, k: int, offset: int = 0, exclude_image: int | None = None) -> list[Hit]:
+        """Hits ``offset + 1 .. offset + k`` of one query vector; with ``exclude_image``, the objects
+        of that image are left out of the ranking (as ``evaluate.exclude_same_image`` does)."""
+        if exclude_image is None:
+            dist, rows = self.search(vector, offset + k)
+            return self.hits(dist[0, offset:], rows[0, offset:], offset)
+        same = int(np.count_nonzero(self._image_id == exclude_image))
+        dist, rows = self.search(vector, offset + k + same)  # enough rows left once that image's are dropped
+        keep = (rows[0] >= 0) & (self._image_id[np.maximum(rows[0], 0)] != exclude_image)
+        dist, rows = dist[0, keep][offset : offset + k], rows[0, keep][offset : offset + k]
+        return self.hits(dist, rows, offset)
 
 
 def index_file(index_dir: Path, embedding: str) -> Path:

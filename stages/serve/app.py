@@ -7,7 +7,7 @@ Routes (all GET unless noted)::
     /api/images                a page of the collection's images (?page=&per_page=)
     /api/images/{id}           one image and its extracted objects (boxes)
     /images/{id}.jpg           the image's pixels as JPEG (?max_side=); by id only, never by path
-    POST /api/search           {image_id, box, k, ...}: top-k objects for a box of a dataset image
+    POST /api/search           {image_id, box, k, exclude_image, ...}: top-k objects for a box of a dataset image
     POST /api/search/upload    body = photo bytes, ?box=x1,y1,x2,y2: top-k for a box of an uploaded photo
     POST /api/more             {token, offset, k}: the next results of an earlier query
     /api/metrics               the run's metrics file and the evaluate stage's pictures
@@ -50,6 +50,7 @@ class BoxSearch(BaseModel):
     dataset: str | None = None
     embedding: str = "model"
     k: int | None = Field(None, ge=1, le=MAX_K)
+    exclude_image: bool = Field(False, description="leave out the objects of the query's own image")
 
 
 class More(BaseModel):
@@ -166,7 +167,7 @@ def create_app(
     def search(body: BoxSearch) -> dict:
         sel = selection(body.backbone, body.dataset, body.embedding)
         box = parse_box(body.box)
-        return engine.search_box(sel, body.image_id, box, body.k or k_default)
+        return engine.search_box(sel, body.image_id, box, body.k or k_default, body.exclude_image)
 
     @app.post("/api/search/upload")
     async def search_upload(

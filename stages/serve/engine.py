@@ -84,7 +84,7 @@ class Query:
 
     selection: Selection
     vector: np.ndarray
-    image_id: int | None
+    exclude_image: int | None  # a dataset image whose own objects are left out of the ranking
 
 
 class ObjectTable:
@@ -247,13 +247,14 @@ class Engine:
         return data
 
     # -- search --------------------------------------------------------------------------------
-    def search_box(self, sel: Selection, image_id: int, box, k: int) -> dict:
-        """Top-k objects for a box of a dataset image (a clicked object or a drawn box)."""
+    def search_box(self, sel: Selection, image_id: int, box, k: int, exclude_image: bool = False) -> dict:
+        """Top-k objects for a box of a dataset image (a clicked object or a drawn box); with
+        ``exclude_image``, none of that image's own objects."""
         sel = self.check(sel)
         table = self.table(sel.backbone, sel.dataset)
         image = self.pixels(sel.dataset, table, image_id)
         crop = crop_query(image, box, self.params.extract.crop_size, f"#{image_id}")
-        return self._search(sel, crop, k, image_id)
+        return self._search(sel, crop, k, image_id if exclude_image else None)
 
     def search_photo(self, sel: Selection, image: np.ndarray, box, k: int) -> dict:
         """Top-k objects for a box of an uploaded photo (RGB uint8), or the whole photo."""
@@ -269,11 +270,11 @@ class Engine:
         t0 = time.perf_counter()
         return self._result(query, token, offset, k, t0)
 
-    def _search(self, sel: Selection, crop: np.ndarray, k: int, image_id: int | None) -> dict:
+    def _search(self, sel: Selection, crop: np.ndarray, k: int, exclude_image: int | None) -> dict:
         t0 = time.perf_counter()
         vector = self.embedder(sel.backbone, sel.embedding).embed([crop])
         token = secrets.token_urlsafe(12)
-        query = Query(sel, vector, image_id)
+        query = Query(sel, vector, exclude_image)
         self._queries.put(token, query)
         return self._result(query, token, 0, k, t0)
 
@@ -282,13 +283,14 @@ class Engine:
         limit = min(MAX_RESULTS, gallery.size)
         offset = max(0, min(int(offset), limit))
         k = max(0, min(int(k), limit - offset))
-        hits = gallery.nearest(query.vector, k, offset) if k else []
+        hits = gallery.nearest(query.vector, k, offset, query.exclude_image) if k else []
         return {
             "token": token,
             "offset": offset,
             "total": gallery.size,
             "limit": limit,
             **query.selection.__dict__,
+            "exclude_image": query.exclude_image,
             "hits": self._hits_json(query.selection, hits),
             "took_ms": round((time.perf_counter() - t0) * 1000, 1),
         }

@@ -45,6 +45,17 @@ def test_nearest_ranks_pages_and_maps_rows_to_objects():
     assert len(hits) == 1 and hits[0].rank == 6 and hits[0].distance == pytest.approx(0.5)
 
 
+def test_nearest_can_leave_out_the_query_image():
+    gallery, vectors = _gallery()
+    everything = gallery.nearest(vectors[[4]], 10)
+    others = [h for h in everything if h.image_id != 1]
+    kept = gallery.nearest(vectors[[4]], 3, exclude_image=1)
+    assert [h.object_id for h in kept] == [h.object_id for h in others[:3]] and [h.rank for h in kept] == [1, 2, 3]
+    page2 = gallery.nearest(vectors[[4]], 3, offset=3, exclude_image=1)
+    assert [h.object_id for h in page2] == [h.object_id for h in others[3:6]] and page2[0].rank == 4
+    assert len(gallery.nearest(vectors[[4]], 10, exclude_image=1)) == len(others) == 7
+
+
 def test_gallery_refuses_an_index_that_does_not_match_its_table():
     gallery, _ = _gallery()
     with pytest.raises(UserError, match="rebuild the index"):

@@ -76,6 +76,16 @@ def test_clicked_object_finds_itself_first_then_more_results(client):
     assert client.post("/api/more", json={"token": "nope", "offset": 0}).status_code == 404
 
 
+def test_results_from_other_images_only(client):
+    image = _first_image(client)
+    query = {"image_id": image["image_id"], "box": image["boxes"][0]["box"], "k": 5, "exclude_image": True}
+    body = client.post("/api/search", json=query).json()
+    assert len(body["hits"]) == 5 and body["exclude_image"] == image["image_id"]
+    more = client.post("/api/more", json={"token": body["token"], "offset": 5, "k": 5}).json()
+    assert all(h["image_id"] != image["image_id"] for h in body["hits"] + more["hits"])
+    assert [h["rank"] for h in more["hits"]] == [6, 7, 8, 9, 10]
+
+
 def test_drawn_box_and_pretrained_embedding(client):
     image = _first_image(client)
     box = [10, 10, 90, 80]

@@ -69,7 +69,7 @@ function k() {
 // A stage keeps its image's aspect ratio, within the column and the window's height.
 function fitStage(stage, width, height) {
   stage.style.aspectRatio = `${width} / ${height}`;
-  stage.style.maxWidth = `min(760px, calc((100vh - 12rem) * ${(width / height).toFixed(4)}))`;
+  stage.style.maxWidth = `min(640px, calc((100vh - 12rem) * ${(width / height).toFixed(4)}))`;
 }
 
 function boxStyle(node, box, width, height) {
@@ -116,7 +116,7 @@ function refreshSelects() {
   state.sel.backbone = fillSelect($("backbone"), backbones, state.sel.backbone);
   const datasets = cat.filter((e) => e.backbone === state.sel.backbone).map((e) => e.dataset);
   state.sel.dataset = fillSelect($("dataset"), datasets, state.sel.dataset);
-  const labels = { model: "trained", pretrained: "pretrained (no training)" };
+  const labels = { model: "trained", pretrained: "pretrained" };
   state.sel.embedding = fillSelect($("embedding"), catalogEntry().embeddings, state.sel.embedding, labels);
 }
 
@@ -381,6 +381,7 @@ async function runSearch(request, tile, label, rerun) {
     const result = await request();
     showQuery(tile(), label);
     $("hits").replaceChildren();
+    $("results").scrollTop = 0;
     state.query = { token: result.token, rerun };
     addHits(result);
   } catch (err) {
@@ -394,10 +395,11 @@ function searchBox(image, box, label) {
     api("/api/search", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ ...state.sel, image_id: image.image_id, box, k: k() }),
+      body: JSON.stringify({ ...state.sel, image_id: image.image_id, box, k: k(), exclude_image: $("exclude-image").checked }),
     });
   const tile = () => cropTile(picture(image.image_id, SCENE), box, image.width, image.height, 96);
   const rerun = () => runSearch(request, tile, label, rerun);
+  rerun.fromImage = true;
   return rerun();
 }
 
@@ -425,7 +427,7 @@ function hitCard(hit) {
     boxStyle(el("div", { class: "box" }), hit.box, hit.width, hit.height),
   );
   scene.style.aspectRatio = `${hit.width} / ${hit.height}`;
-  scene.style.width = `${Math.round(150 * Math.min(1, hit.width / Math.max(1, hit.height)))}px`;
+  scene.style.width = `${Math.round(120 * Math.min(1, hit.width / Math.max(1, hit.height)))}px`;
   scene.addEventListener("click", () => {
     state.selected = hit.object_id;
   });
@@ -440,8 +442,7 @@ function hitCard(hit) {
       { class: "meta" },
       el("span", { class: "rank" }, `#${hit.rank}`),
       el("span", { class: "dist", title: "Euclidean distance between L2-normalised embeddings (0 to 2)" }, `d = ${hit.distance.toFixed(3)}`),
-      el("small", {}, `object ${hit.object_id} · image #${hit.image_id}`),
-      el("small", {}, `${Math.round(x2 - x1)}×${Math.round(y2 - y1)} px`),
+      el("small", {}, `object ${hit.object_id} · image #${hit.image_id} · ${Math.round(x2 - x1)}×${Math.round(y2 - y1)} px`),
     ),
   );
 }
@@ -549,6 +550,9 @@ async function start() {
     showCollection().catch((err) => showStatus(err.message));
   });
   $("show-objects").addEventListener("change", drawObjects);
+  $("exclude-image").addEventListener("change", () => {
+    if (state.query && state.query.rerun && state.query.rerun.fromImage) state.query.rerun();
+  });
   $("more").addEventListener("click", more);
   setupImageStage();
   setupUpload();
