@@ -262,6 +262,9 @@ def serve_cmd(
     max_upload_mb: float = typer.Option(
         20.0, "--max-upload-mb", min=0.01, help="Largest photo upload accepted, in MiB (larger: HTTP 413)."
     ),
+    threads: int = typer.Option(
+        1, "--threads", min=1, help="torch and FAISS threads per query (1: best on a small or shared CPU)."
+    ),
     params: Path = ParamsOption,
 ) -> None:
     """Serve a local search page over the built indexes (after `dvc repro`): http://127.0.0.1:8000/.
@@ -281,7 +284,16 @@ def serve_cmd(
     from stages.serve import run
 
     def _serve(p) -> None:
-        run(p, host=host, port=port, backbone=backbone, dataset=dataset, k=k, max_upload_mb=max_upload_mb)
+        run(
+            p,
+            host=host,
+            port=port,
+            backbone=backbone,
+            dataset=dataset,
+            k=k,
+            max_upload_mb=max_upload_mb,
+            threads=threads,
+        )
 
     _run("serve", params, _serve)
 

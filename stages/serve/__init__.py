@@ -24,6 +24,17 @@ from stages.errors import InputError, MissingInputError
 log = logging.getLogger(__name__)
 
 
+def compute_threads(n: int = 1) -> None:
+    """Threads of torch and FAISS (OpenMP) in the server process. One by default: a query embeds one
+    crop and searches one vector, where a thread team gains little and, on a CPU shared with other
+    work, spinning OpenMP threads made a query 5-20x slower (benchmarks/serve.py)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
 def check_port(host: str, port: int) -> None:
     """InputError when ``host:port`` cannot be bound (in use, or not an address of this machine)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -45,6 +56,7 @@ def run(
     dataset: str | None = None,
     k: int = 10,
     max_upload_mb: float = 20.0,
+    threads: int = 1,
     root: Path = Path("."),
 ) -> None:
     """Load the first selection, then serve the page on ``host:port`` until interrupted."""
@@ -70,6 +82,7 @@ def run(
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serve: listening on %s: every machine that can reach it can use the page", host)
     check_port(host, port)
+    compute_threads(threads)
     log.info("serve: loading %s / %s (%s)", default.backbone, default.dataset, default.embedding)
     engine.warm_up(default)
     app = create_app(engine, default, k=k, max_upload_mb=max_upload_mb, host=host)
