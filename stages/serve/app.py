@@ -36,7 +36,7 @@ from stages.serve.images import decode_upload, parse_box
 
 STATIC = Path(str(resources.files("stages.serve") / "static"))
 MAX_K = 100  # results per request
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1", "testserver")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 class TooLarge(InputError):

@@ -15,10 +15,12 @@ from PIL import Image
 
 from tests.serve.conftest import BACKBONE, DATASET, make_app, tree_state
 
+LOCAL = "http://127.0.0.1"  # the Host the server answers (TestClient says "testserver" otherwise)
+
 
 @pytest.fixture(scope="module")
 def client(engine):
-    return TestClient(make_app(engine, k=4, max_upload_mb=0.05))
+    return TestClient(make_app(engine, k=4, max_upload_mb=0.05), base_url=LOCAL)
 
 
 def _first_image(client):
@@ -190,7 +192,7 @@ def test_page_and_static_files(client):
 
 def test_the_server_never_writes_under_the_project(engine, tiny_project):
     before = tree_state(tiny_project)
-    client = TestClient(make_app(engine))
+    client = TestClient(make_app(engine), base_url=LOCAL)
     image = _first_image(client)
     for embedding in ("model", "pretrained"):
         client.post("/api/search", json={"image_id": image["image_id"], "box": [0, 0, 50, 50], "embedding": embedding})
