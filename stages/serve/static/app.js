@@ -491,7 +491,7 @@ async function showMetrics() {
     const embeddings = ["model", "pretrained"].filter((e) => m[e] && typeof m[e] === "object");
     if (embeddings.length) {
       const subsets = Object.keys(m[embeddings[0]]);
-      const head1 = el("tr", {}, el("th", { rowspan: 2 }, "queries"), el("th", { rowspan: 2 }, "n"));
+      const head1 = el("tr", {}, el("th", { rowspan: 2 }, "queries"), el("th", { rowspan: 2, title: "number of queries" }, "n"));
       const head2 = el("tr");
       for (const col of METRIC_COLUMNS) {
         head1.append(el("th", { colspan: embeddings.length }, col));
