@@ -2,12 +2,19 @@
 
 It opens the collection, opens an image, clicks an extracted object and checks that k results
 appear, each with its crop and its image with the box drawn; then "more results", then a drawn
-box. The screenshot of the page goes to docs/serve.png (the README shows it). Skipped only when
-the chromium / chromedriver executables are absent (`make test` installs Debian's packages).
+box. The page is screenshotted into the test's temporary folder; with SERVE_SCREENSHOT=1 the
+screenshot goes to docs/serve.png instead (the README shows it; any other value is a path), so a
+plain `make test` leaves the checkout unchanged:
+
+    SERVE_SCREENSHOT=1 pytest tests/serve/test_browser.py
+
+Skipped only when the chromium / chromedriver executables are absent (`make test` installs
+Debian's packages).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOT = ROOT / "docs" / "serve.png"
+README_SCREENSHOT = ROOT / "docs" / "serve.png"
 K = 5  # the live server's --k
 
 pytestmark = pytest.mark.skipif(
@@ -90,7 +97,15 @@ def _all_pictures_loaded(driver) -> bool:
     )
 
 
-def test_click_an_object_then_more_results_then_draw_a_box(browser, live_server):
+def screenshot_path(tmp_path: Path) -> Path:
+    """Where the page's screenshot goes: the README's only when SERVE_SCREENSHOT asks for it."""
+    asked = os.environ.get("SERVE_SCREENSHOT", "")
+    if not asked:
+        return tmp_path / "serve.png"
+    return README_SCREENSHOT if asked == "1" else ROOT / asked
+
+
+def test_click_an_object_then_more_results_then_draw_a_box(browser, live_server, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
 
     browser.get(live_server + "/")
@@ -139,9 +154,10 @@ def test_click_an_object_then_more_results_then_draw_a_box(browser, live_server)
     ).click().perform()
     _wait(browser, lambda d: "object" in d.find_element("id", "query").text and len(_hits(d)) == K)
     _wait(browser, _all_pictures_loaded)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    assert browser.save_screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 10_000
+    screenshot = screenshot_path(tmp_path)
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 10_000
 
 
 def test_metrics_page_shows_the_table_and_pictures(browser, live_server):
