@@ -1,13 +1,20 @@
-"""Compare training methods on the current data: train -> index -> evaluate once per method.
+"""Compare training methods and ablations on the current data: train -> index -> evaluate per config.
 
-Each method runs in its own scratch folder (``benchmarks/.runs/<method>-s<seed>``) that links to
+Each config runs in its own scratch folder (``benchmarks/.runs/<config>-s<seed>``) that links to
 the pipeline's data (``data/``: run ``dvc repro`` first), so the workspace's models, indexes and
-metrics are left alone. Writes ``benchmarks/results/methods.json``: one flat key per
-method, seed and headline metric (e.g. ``ms_ugcml_s0_O-R@1``), plus the untrained backbone
-(``none``), and prints a Markdown table.
+metrics are left alone. Writes ``benchmarks/results/methods.json``: one flat key per config, seed
+and metric (``<config>_s<seed>_<metric>``, e.g. ``ms_ugcml_s0_O-R@1``; the small-object bucket as
+``<config>_s<seed>_size_0-20_<metric>``), plus the untrained backbone (``none``), and prints a
+Markdown table of the mean and min-max over the seeds.
 
-    python benchmarks/methods.py                          # none, ntxent, stml, ms_ugcml, seed 0
-    python benchmarks/methods.py --methods stml ms_ugcml --seeds 0 1
+Configs (``--configs``): ntxent, stml, stml_perhead (STML with the per-head batch of ms_ugcml at 4
+groups: 8 queries / 4 heads = 2 queries), ms_ugcml (4 groups, the default), ms_ugcml_g1/_g2/_g8,
+ms_ugcml_nockd (CKD weight 0). Every ms_ugcml model is also embedded with its first head
+(``<config>_first``) without retraining: the train stage resumes the finished run.
+
+    python benchmarks/methods.py                                     # the default configs, seed 0
+    python benchmarks/methods.py --configs stml ms_ugcml --seeds 0 1 2
+    python benchmarks/methods.py --configs stml ms_ugcml --steps 600 --queries 16 --tag _long
 """
 
 from __future__ import annotations
@@ -20,32 +27,53 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
-HEADLINE = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")
+HEADLINE = ("O-R@1", "O-mAP", "O-mAP_std", "I-R@1", "I-mAP")
 SUBSETS = ("all", "size_0-20")
+# config -> (train.* overrides, top-level overrides)
+CONFIGS: dict[str, tuple[dict, dict]] = {
+    "ntxent": ({"method": "ntxent"}, {}),
+    "stml": ({"method": "stml"}, {}),
+    "stml_perhead": ({"method": "stml", "queries": 2}, {}),
+    "ms_ugcml": ({"method": "ms_ugcml"}, {"groups": 4}),
+    "ms_ugcml_g1": ({"method": "ms_ugcml"}, {"groups": 1}),
+    "ms_ugcml_g2": ({"method": "ms_ugcml"}, {"groups": 2}),
+    "ms_ugcml_g8": ({"method": "ms_ugcml"}, {"groups": 8}),
+    "ms_ugcml_nockd": ({"method": "ms_ugcml", "ckd_weight": 0.0}, {"groups": 4}),
+}
 
 
-def run_method(method: str, seed: int, base: dict, extra: dict, tag: str = "") -> dict:
-    folder = ROOT / "benchmarks" / ".runs" / f"{method}{tag}-s{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / "data"
-    if not link.exists():
-        link.symlink_to(ROOT / "data", target_is_directory=True)
-    params = json.loads(json.dumps(base))
-    params["seed"] = seed
-    params["train"]["method"] = method
-    for key, value in extra.items():
-        params["train"][key] = value
+def _link_data(folder: Path, own_groups: bool) -> None:
+    """``folder/data/*`` links to the pipeline's data; with ``own_groups`` the scale groups are the
+    folder's own (its groups stage writes there, never into the pipeline's data/groups)."""
+    data = folder / "data"
+    if data.is_symlink():  # the older layout linked the whole folder
+        data.unlink()
+    data.mkdir(parents=True, exist_ok=True)
+    for child in (ROOT / "data").iterdir():
+        link = data / child.name
+        if child.name == "groups" and own_groups:
+            if link.is_symlink():
+                link.unlink()
+            continue
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(child, target_is_directory=child.is_dir())
+
+
+def _write_params(folder: Path, params: dict) -> None:
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
     with open(folder / "params.yaml", "w") as f:
         yaml.dump(params, f)
+
+
+def _stages(folder: Path, stages: tuple[str, ...]) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    t0 = time.perf_counter()
-    for stage in ("train", "index", "evaluate"):
+    for stage in stages:
         subprocess.run(
             [sys.executable, "-m", "stages", stage],
             cwd=folder,
@@ -53,45 +81,83 @@ def run_method(method: str, seed: int, base: dict, extra: dict, tag: str = "") -
             check=True,
             stderr=subprocess.DEVNULL if os.environ.get("QUIET") else None,
         )
+
+
+def run_config(name: str, seed: int, base: dict, extra: dict, tag: str = "") -> dict[str, dict]:
+    """Metrics of one config (and of its first head, for ms_ugcml) in a scratch folder."""
+    train, top = CONFIGS[name]
+    folder = ROOT / "benchmarks" / ".runs" / f"{name}{tag}-s{seed}"
+    params = json.loads(json.dumps(base)) | top | {"seed": seed}
+    params["train"] = params["train"] | train | extra
+    needs_groups = params["groups"] != base["groups"]
+    _link_data(folder, own_groups=needs_groups)
+    _write_params(folder, params)
+    t0 = time.perf_counter()
+    _stages(folder, (("groups",) if needs_groups else ()) + ("train", "index", "evaluate"))
     backbone, dataset = params["backbones"][0], params["train_on"]
-    metrics = json.loads((folder / "metrics" / backbone / f"{dataset}.json").read_text())
-    metrics["seconds"] = round(time.perf_counter() - t0, 1)
-    return metrics
+    metrics_file = folder / "metrics" / backbone / f"{dataset}.json"
+    out = {f"{name}{tag}": json.loads(metrics_file.read_text())}
+    out[f"{name}{tag}"]["seconds"] = round(time.perf_counter() - t0, 1)
+    if params["train"]["method"] == "ms_ugcml" and params["groups"] > 1:  # the same model, first head
+        params["train"]["embed_head"] = "first"
+        _write_params(folder, params)
+        _stages(folder, ("train", "index", "evaluate"))  # train resumes the finished run
+        out[f"{name}_first{tag}"] = json.loads(metrics_file.read_text())
+    return out
+
+
+def summary_rows(result: dict, names: list[str], seeds: list[int]) -> list[str]:
+    rows = []
+    for name in names:
+        cells = []
+        for subset in SUBSETS:
+            for key in HEADLINE:
+                suffix = "" if subset == "all" else f"_{subset}"
+                values = [result.get(f"{name}_s{s}{suffix}_{key}") for s in seeds]
+                values = [v for v in values if v is not None]
+                if not values:
+                    cells.append("—")
+                    continue
+                mean = float(np.mean(values))
+                cells.append(f"{mean:.2f}" + (f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""))
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=["ntxent", "stml", "ms_ugcml"])
+    ap.add_argument("--configs", nargs="+", default=["ntxent", "stml", "ms_ugcml"], choices=sorted(CONFIGS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--steps", type=int, default=None, help="train.steps of every config (default: params.yaml)")
+    ap.add_argument("--queries", type=int, default=None, help="train.queries of every config (default: params.yaml)")
     ap.add_argument("--set", nargs="*", default=[], help="extra train.KEY=VALUE overrides (YAML values)")
-    ap.add_argument(
-        "--tag", default="", help="suffix of the method's keys and folder, e.g. _first with --set embed_head=first"
-    )
+    ap.add_argument("--tag", default="", help="suffix of the keys and folders of this run, e.g. _long")
     args = ap.parse_args()
     base = YAML(typ="safe", pure=True).load(Path(args.params))
     extra = {k: YAML(typ="safe", pure=True).load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    extra |= {k: v for k, v in (("steps", args.steps), ("queries", args.queries)) if v is not None}
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    rows = []
+    names: list[str] = []
     for seed in args.seeds:
-        for method in args.methods:
-            m = run_method(method, seed, base, extra, args.tag)
-            for who, name in ((m["model"], f"{method}{args.tag}_s{seed}"), (m["pretrained"], f"none_s{seed}")):
-                for subset in SUBSETS:
-                    for key in HEADLINE:
-                        suffix = "" if subset == "all" else f"_{subset}"
-                        result[f"{name}{suffix}_{key}"] = who[subset][key]
-            result[f"{method}{args.tag}_s{seed}_seconds"] = m["seconds"]
-            rows.append((f"{method}{args.tag} (seed {seed})", m["model"]["all"]))
-        rows.append((f"none (seed {seed})", m["pretrained"]["all"]))
-    result["queries"] = m["model"]["all"]["queries"]
-    result["gallery"] = m["gallery"]
+        for config in args.configs:
+            for name, m in run_config(config, seed, base, extra, args.tag).items():
+                for who, key_name in ((m["model"], f"{name}_s{seed}"), (m["pretrained"], f"none_s{seed}")):
+                    for subset in SUBSETS:
+                        for key in HEADLINE:
+                            suffix = "" if subset == "all" else f"_{subset}"
+                            result[f"{key_name}{suffix}_{key}"] = who[subset][key]
+                if "seconds" in m:
+                    result[f"{name}_s{seed}_seconds"] = m["seconds"]
+                names += [name] if name not in names else []
+                result["queries"], result["gallery"] = m["model"]["all"]["queries"], m["gallery"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(dict(sorted(result.items())), indent=2) + "\n")
-    print("| method | " + " | ".join(HEADLINE) + " |")
-    print("|---|" + "---|" * len(HEADLINE))
-    for name, values in rows:
-        print(f"| {name} | " + " | ".join(f"{values[k]:.2f}" for k in HEADLINE) + " |")
+    head = [f"{k}" for k in HEADLINE] + [f"small {k}" for k in HEADLINE]
+    print("| config | " + " | ".join(head) + " |")
+    print("|---|" + "---|" * len(head))
+    for row in summary_rows(result, ["none", *names], args.seeds):
+        print(row)
     print(f"wrote {RESULTS}")
 
 

@@ -78,7 +78,9 @@ def step_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> floa
         cfg.ema,
     )
     method.before_step(
-        0, lambda: refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt), rt
+        0,
+        lambda rows=None: refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt, rows=rows),
+        rt,
     )  # the graph (not timed)
     n = cfg.queries * cfg.neighbours
     views = method.inputs(crops[:n].float() / 255, gen, (0, n))
@@ -115,9 +117,9 @@ def refresh_ratio(crops: torch.Tensor, groups: int = 4) -> float:
         embed_tensor(student.backbone, crops, CFG.batch_embed)
 
     def refresh():
-        h, l = refresh_embeddings(student, crops, group_of, CFG.batch_embed, True)
-        sampler.refresh(h)
-        kmeans_centroids(l, CFG.clusters, 0)
+        emb = refresh_embeddings(student, crops, group_of, CFG.batch_embed, True)
+        sampler.refresh(emb.h)
+        kmeans_centroids(emb.l, CFG.clusters, 0)
 
     base, full = interleaved(bare, refresh, repeats=3)
     return full / base

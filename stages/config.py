@@ -194,13 +194,31 @@ class ExtractParams(_Strict):
 
 class TrainParams(_Strict):
     method: Literal["ms_ugcml", "stml", "ntxent", "none"] = Field(
-        "ntxent", description="ms_ugcml (paper), stml (single head), ntxent (two-view contrastive), none (pretrained)"
+        "ms_ugcml",
+        description="ms_ugcml (the paper's: one head per scale group), baselines: stml (one head), "
+        "ntxent (two-view contrastive), none (pretrained)",
     )
     input_size: int = Field(64, ge=16, description="square input side of the network")
     steps: int = Field(150, ge=0, description="optimisation steps")
     queries: int = Field(8, ge=1, description="queries per batch (each brings its neighbours)")
     neighbours: int = Field(5, ge=1, description="k of the k-NN batch sampler, query included")
-    knn_refresh: int = Field(50, ge=1, description="rebuild the neighbour graph every N steps")
+    knn_refresh: int = Field(
+        50, ge=1, description="rebuild the neighbour graph and centroids every N steps (paper: 1000)"
+    )
+    refresh_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="share of each group embedded at a refresh; batches come from it until the next "
+        "(authors' code: 0.5); 1 = every crop",
+    )
+    knn_exact_max: int = Field(
+        50_000,
+        ge=1,
+        description="a group of at most this many crops gets an exact k-NN graph (FAISS flat), "
+        "a larger one IVF-PQ (built and searched chunk by chunk)",
+    )
+    knn_nprobe: int = Field(16, ge=1, description="inverted lists searched per crop in a group's IVF-PQ k-NN graph")
     lr: float | None = Field(
         None,
         gt=0,
@@ -209,10 +227,30 @@ class TrainParams(_Strict):
     )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.01, ge=0, description="AdamP weight decay")
+    nesterov: bool = Field(True, description="AdamP with Nesterov momentum (STML and the authors)")
     ema: float = Field(0.999, ge=0, lt=1, description="teacher EMA momentum")
     sigma: float = Field(3.0, gt=0, description="sigma of w_ij = exp(-|t_i-t_j|^2/sigma) (eq. 4)")
     delta: float = Field(1.0, gt=0, description="margin delta of the relaxed contrastive loss (eq. 4)")
-    context_k: int = Field(5, ge=1, description="k of STML's contextual similarity")
+    context_k: int | None = Field(
+        None, ge=1, description="k of STML's contextual similarity; null: neighbours x 2 views (STML's topk)"
+    )
+    student_norm: bool = Field(False, description="L2-normalise the student embeddings before eq. 3-4 (STML: off)")
+    group_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="group terms averaged over the heads (authors' code, STML for one) or summed (eq. 5)"
+    )
+    teacher_heads: Literal["per_group", "shared"] = Field(
+        "per_group", description="one teacher head per group, the EMA of its student head (authors), or one shared"
+    )
+    head_init: Literal["orthogonal", "shared"] = Field(
+        "orthogonal", description="student heads: orthogonal weights, zero bias, per head (STML), or one copied init"
+    )
+    quota: Literal["size", "size_area"] = Field(
+        "size", description="k-NN queries per group: by group size, or size x mean area with a 10% floor (authors)"
+    )
+    ckd_weight: float = Field(1.0, ge=0, description="weight of L_CKD in the total (paper: 1; 0: no CKD, an ablation)")
+    ckd_rows: Literal["all", "shared"] = Field(
+        "all", description="CKD on every crop of the batch (each head embeds all), or only on crops two sets share"
+    )
     clusters: int = Field(100, ge=2, description="k-means centroids of collaborative distillation (eq. 1-2)")
     ckd_tau: float = Field(0.1, gt=0, description="temperature of the centroid similarity softmax (CKD)")
     mix_share: float = Field(
@@ -225,8 +263,25 @@ class TrainParams(_Strict):
     embed_dim: int = Field(512, ge=8, description="dimension of the retrieval embedding l")
     teacher_dim: int = Field(1024, ge=8, description="dimension of h and of the teacher head")
     freeze_bn: bool = Field(True, description="keep backbone BatchNorm statistics fixed (k-NN batches are not i.i.d.)")
-    aug_scale: tuple[float, float] = Field((0.5, 1.0), description="random-resized-crop area range")
+    aug_scale: tuple[float, float] = Field((0.16, 1.0), description="random-resized-crop area range (STML)")
+    aug_colour: bool = Field(False, description="also jitter brightness/contrast (STML: no colour change)")
     batch_embed: int = Field(128, ge=1, description="batch size when embedding all crops")
+    workers: int = Field(
+        2, ge=0, description="DataLoader worker processes reading and decoding streamed crops (0: the main process)"
+    )
+    prefetch: int = Field(2, ge=1, description="batches each worker reads ahead")
+    cache_gb: float = Field(
+        2.0,
+        ge=0,
+        description="decoded crops (N x 3 x input_size^2 bytes) are held in memory when they fit this many GiB, "
+        "else streamed from the shards at every step (same batches, same model)",
+    )
+    refresh_memory_gb: float = Field(
+        1.0,
+        ge=0,
+        description="a refresh keeps h and l float32 in memory up to this many GiB (N x (teacher_dim + embed_dim) "
+        "x 4 bytes), else float16 files on disk next to the checkpoint",
+    )
     checkpoint_every: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
     ntxent_variant: Literal["views", "anchor"] = Field(
         "views",

@@ -29,9 +29,10 @@ def relative_distance(x: torch.Tensor, valid: torch.Tensor | None = None) -> tor
     return d / mean.clamp_min(1e-12)
 
 
-def embedding_distances(emb: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Relative distances of the L2-normalised embeddings: what eq. 3 and eq. 4 compare."""
-    return relative_distance(F.normalize(emb, dim=-1), valid)
+def embedding_distances(emb: torch.Tensor, valid: torch.Tensor | None = None, normalize: bool = False) -> torch.Tensor:
+    """Relative distances of the embeddings: what eq. 3 and eq. 4 compare. STML's code compares the
+    raw head outputs (its ``student_norm`` option, off by default, L2-normalises them first)."""
+    return relative_distance(F.normalize(emb, dim=-1) if normalize else emb, valid)
 
 
 def pair_mask(n: int, valid: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

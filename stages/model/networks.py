@@ -34,16 +34,20 @@ class StudentModel(nn.Module):
         embed_dim: int,
         input_size: int,
         embed_head: str = "mean",
+        head_init: str = "orthogonal",
     ):
         super().__init__()
         if embed_head not in ("first", "mean"):
             raise ValueError(f"embed_head must be 'first' or 'mean', got {embed_head!r}")
         self.backbone = backbone
         dim = backbone.spec.feature_dim
-        # Every group head starts from the same initialisation: the heads agree at step 0 (CKD = 0)
-        # and diverge only through what their own scale group teaches them.
-        first = EmbeddingHead(dim, teacher_dim, embed_dim)
-        self.heads = nn.ModuleList(copy.deepcopy(first) for _ in range(n_heads))
+        if head_init not in ("orthogonal", "shared"):
+            raise ValueError(f"head_init must be 'orthogonal' or 'shared', got {head_init!r}")
+        if head_init == "orthogonal":  # STML and the authors: orthogonal weights, zero bias, drawn per head
+            self.heads = nn.ModuleList(_orthogonal(EmbeddingHead(dim, teacher_dim, embed_dim)) for _ in range(n_heads))
+        else:  # one default initialisation copied to every head: the heads agree at step 0 (CKD = 0)
+            first = EmbeddingHead(dim, teacher_dim, embed_dim)
+            self.heads = nn.ModuleList(copy.deepcopy(first) for _ in range(n_heads))
         self.input_size = input_size
         self.embed_head = embed_head
 
@@ -85,18 +89,33 @@ class StudentModel(nn.Module):
         return h, l
 
 
-class TeacherModel(nn.Module):
-    """EMA of the student: its backbone, and head h^t following the mean of the h layers."""
+def _orthogonal(head: EmbeddingHead) -> EmbeddingHead:
+    for layer in (head.h, head.l):
+        nn.init.orthogonal_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return head
 
-    def __init__(self, student: StudentModel):
+
+class TeacherModel(nn.Module):
+    """EMA of the student: its backbone and either one head per group, head m the EMA of student
+    head m's h (``per_group``, the authors' code), or one head h^t following the mean of the h
+    layers (``shared``). Each teacher head starts as a copy of its student head."""
+
+    def __init__(self, student: StudentModel, heads: str = "per_group"):
         super().__init__()
+        if heads not in ("per_group", "shared"):
+            raise ValueError(f"teacher heads must be 'per_group' or 'shared', got {heads!r}")
+        self.per_group = heads == "per_group" and len(student.heads) > 1
         self.backbone = copy.deepcopy(student.backbone)
-        self.head = copy.deepcopy(student.heads[0].h)
+        sources = student.heads if self.per_group else student.heads[:1]
+        self.heads = nn.ModuleList(copy.deepcopy(hd.h) for hd in sources)
         for p in self.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        """[N, G_t * d_t]: every teacher head's embedding of every row, head after head."""
+        feat = self.backbone(x)
+        return torch.cat([head(feat) for head in self.heads], dim=1)
 
     @torch.no_grad()
     def ema_update(self, student: StudentModel, momentum: float) -> None:
@@ -105,12 +124,14 @@ class TeacherModel(nn.Module):
         t_state = list(self.backbone.parameters()) + [b for b in self.backbone.buffers() if b.is_floating_point()]
         s_state = list(student.backbone.parameters()) + [b for b in student.backbone.buffers() if b.is_floating_point()]
         heads = [[hd.h.weight, hd.h.bias] for hd in student.heads]
-        t_head = [self.head.weight, self.head.bias]
-        if len(heads) == 1:
-            torch._foreach_lerp_(t_state + t_head, s_state + heads[0], 1.0 - momentum)
+        if self.per_group or len(heads) == 1:  # teacher head m follows student head m
+            t_heads = [p for head in self.heads for p in (head.weight, head.bias)]
+            s_heads = [p for h in heads[: len(self.heads)] for p in h]
+            torch._foreach_lerp_(t_state + t_heads, s_state + s_heads, 1.0 - momentum)
             return
         torch._foreach_lerp_(t_state, s_state, 1.0 - momentum)
         # m theta_t + (1 - m) mean_i h_i, accumulated head by head (no stacked copy of the heads)
+        t_head = [self.heads[0].weight, self.heads[0].bias]
         torch._foreach_mul_(t_head, momentum)
         for h in heads:
             torch._foreach_add_(t_head, h, alpha=(1.0 - momentum) / len(heads))
@@ -125,8 +146,9 @@ def build_student(
     pretrained: bool = True,
     embed_head: str = "mean",
     options: BackboneOptionsLike | None = None,
+    head_init: str = "orthogonal",
 ) -> StudentModel:
     """A student over ``backbone`` built as ``options`` say (weights file, init); ``pretrained=False``
     builds the same architecture without reading weights (to load a trained state dict)."""
     net = build_from_options(backbone, options, pretrained=pretrained)
-    return StudentModel(net, n_heads, teacher_dim, embed_dim, input_size, embed_head)
+    return StudentModel(net, n_heads, teacher_dim, embed_dim, input_size, embed_head, head_init)

@@ -1,22 +1,38 @@
 """k-NN batch sampler: each query brings its k-1 nearest neighbours from its own scale group.
 
-The neighbour graph is built with FAISS (exact inner product on L2-normalised embeddings)
-over each group separately and refreshed by the trainer on a schedule.
+The neighbour graph is built with FAISS over each group separately (exact inner product on
+L2-normalised embeddings up to ``exact_max`` crops per group, IVF-PQ above, built and searched
+chunk by chunk) and refreshed by the trainer on a schedule.
 """
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
+from tqdm import tqdm
+
+from stages.vectors.faiss_index import gpu_count, pq_subquantizers
+from stages.vectors.rows import CHUNK_ROWS, ArrayRows
 
 
-def group_quotas(group_sizes: np.ndarray, queries: int) -> np.ndarray:
-    """Queries per group: proportional to group size (largest remainders), each non-empty group >= 1."""
+def group_quotas(
+    group_sizes: np.ndarray, queries: int, group_area: np.ndarray | None = None, min_share: float = 0.1
+) -> np.ndarray:
+    """Queries per group (largest remainders), each non-empty group >= 1: proportional to group size,
+    or with ``group_area`` (mean box area per group) to size x mean area with a floor of
+    ``min_share`` of the queries per group (the authors' sampler, on each group's own size)."""
     sizes = np.asarray(group_sizes, dtype=np.float64)
     quota = np.zeros(len(sizes), dtype=np.int64)
     if sizes.sum() <= 0:
         return quota
-    share = sizes / sizes.sum() * queries
+    weight = sizes if group_area is None else sizes * np.asarray(group_area, dtype=np.float64)
+    fraction = weight / weight.sum()
+    if group_area is not None:
+        fraction = np.where(sizes > 0, np.maximum(fraction, min_share), 0.0)
+        fraction = fraction / fraction.sum()
+    share = fraction * queries
     quota = np.floor(share).astype(np.int64)
     order = np.argsort(-(share - quota), kind="stable")
     quota[order[: queries - quota.sum()]] += 1
@@ -27,47 +43,165 @@ def group_quotas(group_sizes: np.ndarray, queries: int) -> np.ndarray:
     return quota
 
 
+def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    faiss.normalize_L2(x)
+    return x
+
+
+def _self_first(found: np.ndarray, me: np.ndarray, k: int) -> np.ndarray:
+    """Search results [n, c] (ids, -1 = none) of queries ``me`` [n] -> [n, k]: the query first,
+    then its results without it in rank order; missing ones repeat the found neighbours (the
+    query itself when none was found), so every row keeps the batch shape."""
+    n = len(found)
+    others = np.where((found == me[:, None]) | (found < 0), -1, found)
+    order = np.argsort(others < 0, axis=1, kind="stable")
+    others = np.take_along_axis(others, order, axis=1)[:, : k - 1]
+    if others.shape[1] < k - 1:
+        others = np.concatenate([others, np.full((n, k - 1 - others.shape[1]), -1)], axis=1)
+    have = (others >= 0).sum(1)[:, None]
+    col = np.arange(k - 1)[None, :]
+    rep = np.take_along_axis(others, col % np.maximum(have, 1), axis=1)
+    rep = np.where(have > 0, rep, me[:, None])
+    return np.concatenate([me[:, None], np.where(col < have, others, rep)], axis=1)
+
+
+def _ivf_lists(n: int) -> int:
+    """Inverted lists of a group's IVF-PQ index: ~sqrt(n), a power of two, >= 64 training rows each."""
+    return int(max(1, min(65_536, 2 ** round(math.log2(max(math.sqrt(n), 1))), n // 64)))
+
+
+def _on_gpu(index: faiss.Index) -> faiss.Index:
+    """``index`` on every GPU of the FAISS GPU build (IVF-PQ with float16 lookup tables), else itself."""
+    if gpu_count() == 0:
+        return index
+    co = faiss.GpuMultipleClonerOptions()
+    co.useFloat16 = faiss.try_extract_index_ivf(index) is not None
+    return faiss.index_cpu_to_all_gpus(index, co)
+
+
 class KnnBatchSampler:
-    def __init__(self, group_of: np.ndarray, n_groups: int, queries: int, k: int, seed: int):
+    """Batches of ``queries`` queries, each with its ``k - 1`` nearest neighbours from its own
+    scale group (the query first), from a k-NN graph rebuilt by :meth:`refresh`.
+
+    A group of at most ``exact_max`` embedded crops is searched exactly (FAISS flat inner product
+    on the L2-normalised embeddings; on the GPU when the FAISS GPU build sees one); a larger one
+    with an IVF-PQ index built and searched chunk by chunk (``pq_m`` bytes per crop), so the
+    refresh never holds more than a chunk of float vectors. Memory per crop: the graph (``8 k``
+    bytes), the group (8) and the member list (8). Queries are spread over the groups by
+    :func:`group_quotas` (by size, or by size x mean box area with ``group_area``)."""
+
+    def __init__(
+        self,
+        group_of: np.ndarray,
+        n_groups: int,
+        queries: int,
+        k: int,
+        seed: int,
+        group_area: np.ndarray | None = None,
+        exact_max: int = 50_000,
+        nprobe: int = 16,
+        pq_m: int = 64,
+    ):
         self.group_of = np.asarray(group_of, dtype=np.int64)
         self.n_groups = n_groups
         self.queries = queries
         self.k = k
         self.rng = np.random.default_rng(seed)
+        self.exact_max, self.nprobe, self.pq_m = exact_max, nprobe, pq_m
         self.members = [np.flatnonzero(self.group_of == g) for g in range(n_groups)]
-        self.quotas = group_quotas(np.array([len(m) for m in self.members]), queries)
+        self.quotas = group_quotas(np.array([len(m) for m in self.members]), queries, group_area)
         self.neighbours: np.ndarray | None = None  # [N, k] global indices, self first
+        self.active: list[np.ndarray] | None = None  # per group, the crops of the last refresh (None: all)
 
-    def refresh(self, embeddings: np.ndarray) -> None:
-        """Rebuild each group's k-NN graph from embeddings [N, d] (one per object)."""
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        faiss.normalize_L2(emb)
-        nbrs = np.empty((len(emb), self.k), dtype=np.int64)
-        for members in self.members:  # a handful of groups, each searched in one FAISS call
-            if len(members) == 0:
+    def refresh_rows(self, share: float, seed: int) -> np.ndarray | None:
+        """The crops a refresh embeds: all (None), or a seeded random ``share`` of each group
+        (at least k of it, sorted: the shards are then read in order)."""
+        if share >= 1:
+            return None
+        rng = np.random.default_rng(seed)
+        picks = [
+            rng.choice(m, min(len(m), max(self.k, math.ceil(share * len(m)))), replace=False) for m in self.members
+        ]
+        return np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
+
+    def refresh(self, embeddings, rows: np.ndarray | None = None) -> None:
+        """Rebuild each group's k-NN graph from ``embeddings`` (an [n, d] array, or a row store of
+        :mod:`stages.vectors.rows`), the embeddings of crops ``rows`` (None: all N, in order).
+        With ``rows``, batches are drawn from those crops only until the next refresh."""
+        store = ArrayRows(embeddings) if isinstance(embeddings, np.ndarray) else embeddings
+        n = len(self.group_of)
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        group = self.group_of[rows]
+        nbrs = self.neighbours if self.neighbours is not None else np.repeat(np.arange(n)[:, None], self.k, 1)
+        positions = [np.flatnonzero(group == g) for g in range(self.n_groups)]  # rows of the store per group
+        large = [g for g, p in enumerate(positions) if len(p) > self.exact_max]
+        for g, pos in enumerate(positions):  # a handful of groups, each searched in one FAISS call
+            if len(pos) == 0 or g in large:
                 continue
-            index = faiss.IndexFlatIP(emb.shape[1])
-            index.add(emb[members])
-            kk = min(self.k, len(members))
-            _, local = index.search(emb[members], kk)
-            local = np.where(local < 0, np.arange(len(members))[:, None], local)
-            local[:, 0] = np.arange(len(members))  # the query itself leads its neighbours
+            x = _normalised(store.take(pos))
+            index = _on_gpu(faiss.IndexFlatIP(x.shape[1]))
+            index.add(x)
+            kk = min(self.k, len(pos))
+            _, local = index.search(x, kk)
+            local = np.where(local < 0, np.arange(len(pos))[:, None], local)
+            local[:, 0] = np.arange(len(pos))  # the query itself leads its neighbours
             if kk < self.k:  # tiny group: repeat neighbours to keep the batch shape
                 local = np.concatenate([local, local[:, np.arange(self.k - kk) % kk]], axis=1)
-            nbrs[members] = members[local]
+            nbrs[rows[pos]] = rows[pos][local]
+        if large:
+            self._refresh_large(store, rows, group, positions, large, nbrs)
         self.neighbours = nbrs
+        self.active = None if len(rows) == n else [rows[p] for p in positions]
+
+    def _refresh_large(self, store, rows, group, positions, large, nbrs) -> None:
+        """IVF-PQ per large group: trained on a seeded sample of the group, then each chunk of the
+        store is added to its groups' indexes (pass 1) and searched in them (pass 2)."""
+        d = store.shape[1]
+        indexes = {}
+        for g in large:
+            n_g = len(positions[g])
+            nlist = _ivf_lists(n_g)
+            sample = np.random.default_rng(g).choice(n_g, min(n_g, 64 * nlist), replace=False)
+            m = pq_subquantizers(self.pq_m, d)
+            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+            index.train(_normalised(store.take(positions[g][np.sort(sample)])))
+            index.nprobe = min(self.nprobe, nlist)  # copied to the GPU index by the cloner
+            indexes[g] = _on_gpu(index)
+        local_of = np.empty(len(rows), dtype=np.int64)  # position of each store row within its group
+        for pos in positions:
+            local_of[pos] = np.arange(len(pos))
+        n_chunks = -(-len(store) // CHUNK_ROWS)
+        for what in ("add", "search"):
+            for lo, x in tqdm(
+                store.chunks(CHUNK_ROWS), desc=f"k-NN graph: {what}", unit="chunk", leave=False, total=n_chunks
+            ):
+                x = _normalised(x)
+                g_chunk = group[lo : lo + len(x)]
+                for g, index in indexes.items():
+                    mine = np.flatnonzero(g_chunk == g)
+                    if not len(mine):
+                        continue
+                    me = local_of[lo + mine]
+                    if what == "add":
+                        index.add_with_ids(x[mine], me)
+                        continue
+                    _, found = index.search(x[mine], self.k + 1)
+                    nbrs[rows[lo + mine]] = rows[positions[g]][_self_first(found, me, self.k)]
 
     def sample(self) -> np.ndarray:
         """One batch of queries*k object indices: per group, quota queries and their neighbours."""
         if self.neighbours is None:
             raise RuntimeError("call refresh() with embeddings before sampling")
-        picks = [self.rng.choice(m, size=q, replace=len(m) < q) for m, q in zip(self.members, self.quotas) if q > 0]
+        members = self.members if self.active is None else self.active
+        picks = [self.rng.choice(m, size=q, replace=len(m) < q) for m, q in zip(members, self.quotas) if q > 0]
         queries = np.concatenate(picks)
         return self.neighbours[queries].reshape(-1)
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "neighbours": self.neighbours}
+        return {"rng": self.rng.bit_generator.state, "neighbours": self.neighbours, "active": self.active}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.neighbours = state["neighbours"]
+        self.active = state.get("active")

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,19 +14,19 @@ from stages import codebase, layout
 from stages.atomic import write_text
 from stages.backbones import check_options
 from stages.config import Params, TrainParams, dump_params, stage_keys
-from stages.crops.tensors import decode_to_tensor
 from stages.errors import InputError
 from stages.model import backbone_meta, build_student, save_model
-from stages.shards import read_objects
-
-if TYPE_CHECKING:
-    import torch
+from stages.shards import shard_paths
+from stages.shards.by_id import ShardLocations, locate
+from stages.train.data import CropSource, training_crops
 
 log = logging.getLogger(__name__)
 
 # Parameters this stage reads (dvc.yaml lists the same keys; the CLI lets the stage read no other).
 PARAMS = ("seed", "groups", "train", "train_on", "backbone_options.{backbone}")
 TRAIN_PARAMS_AFTER_TRAINING = {"embed_head"}  # read when the model embeds, never by a training step
+# how crops reach a step, not which: the same batches and the same model whatever their values
+TRAIN_PARAMS_DELIVERY = {"workers", "prefetch", "cache_gb"}
 
 
 def training_code() -> set[str]:
@@ -35,17 +34,47 @@ def training_code() -> set[str]:
     return codebase.closure([__name__])
 
 
-def load_training_crops(objects_dir: Path, input_size: int) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Training objects (splits stage) joined with their scale group and decoded crops."""
-    chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id"])
+def training_objects(objects_dir: Path) -> tuple[pd.DataFrame, ShardLocations]:
+    """Training objects (splits stage) with their scale group, and where each lies in the shards.
+
+    Only the ids and groups are read here (about 16 bytes per object with the locations); the crops
+    are read by :mod:`stages.train.data`, in memory or streamed."""
+    chosen = pd.read_parquet(layout.SPLITS / "train_objects.parquet", columns=["object_id", "area"])
     groups = pd.read_parquet(layout.GROUPS / "assignment.parquet")
-    shards = read_objects(objects_dir, "train", columns=["object_id", "crop"])
     table = chosen.merge(groups, on="object_id", how="left", validate="one_to_one")
-    table = table.merge(shards, on="object_id", how="inner", validate="one_to_one")
     if table["group"].isna().any():
         raise InputError("some training objects have no scale group; rerun the groups stage")
-    crops = decode_to_tensor(table["crop"].tolist(), input_size)
-    return table.drop(columns="crop"), crops
+    locations = locate(objects_dir, "train", table["object_id"].to_numpy(np.int64))
+    return table, locations
+
+
+def load_training_crops(
+    objects_dir: Path, input_size: int, cache_gb: float = float("inf"), workers: int = 0
+) -> tuple[pd.DataFrame, CropSource]:
+    """Training objects with their scale group, and their crops: decoded in memory when they fit
+    ``cache_gb`` (the rule of :func:`stages.train.data.training_crops`), else streamed."""
+    table, locations = training_objects(objects_dir)
+    return table, training_crops(locations, input_size, cache_gb, workers)
+
+
+def data_identity(objects_dir: Path, object_ids: np.ndarray, group_of: np.ndarray) -> str:
+    """What a run's crops are, without reading a pixel: the extraction manifest's fingerprint
+    (extract params and dataset tables), the train shards' names and sizes, the chosen object
+    ids and their groups."""
+    h = hashlib.sha256()
+    manifest = Path(objects_dir) / "manifest.json"
+    if manifest.exists():
+        h.update(str(json.loads(manifest.read_text()).get("fingerprint")).encode())
+    for p in shard_paths(objects_dir, "train"):
+        h.update(f"{p.name}:{p.stat().st_size};".encode())
+    h.update(np.ascontiguousarray(object_ids, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(group_of, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _group_area(table: pd.DataFrame, n_groups: int) -> np.ndarray:
+    """Mean box area of each scale group (0 for an empty one)."""
+    return table.groupby("group")["area"].mean().reindex(range(n_groups), fill_value=0.0).to_numpy(np.float64)
 
 
 def resolved_train_params(params: Params, backbone: str) -> TrainParams:
@@ -55,17 +84,20 @@ def resolved_train_params(params: Params, backbone: str) -> TrainParams:
     return resolve_train_params(params.train, backbone, params.backbone_options.get(backbone))
 
 
-def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, crops) -> str:
-    """Identity of a training run: its parameters, backbone, exact input crops and the training
-    code (a checkpoint written by other code is not resumed). Parameters that only say how the
-    trained model embeds are left out: changing them resumes the finished run, no retraining."""
-    cfg = resolved_train_params(params, backbone).model_dump(mode="json", exclude=TRAIN_PARAMS_AFTER_TRAINING)
+def fingerprint(params: Params, backbone: str, object_ids: np.ndarray, data: str) -> str:
+    """Identity of a training run: its parameters, backbone, input crops (``data``:
+    :func:`data_identity`) and the training code (a checkpoint written by other code is not
+    resumed). Parameters that only say how the trained model embeds, or how the crops are
+    delivered (workers, cache), are left out: changing them resumes the run, no retraining."""
+    cfg = resolved_train_params(params, backbone).model_dump(
+        mode="json", exclude=TRAIN_PARAMS_AFTER_TRAINING | TRAIN_PARAMS_DELIVERY
+    )
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
     h.update(json.dumps(backbone_meta(backbone, params.backbone_options.get(backbone)), sort_keys=True).encode())
     h.update(codebase.code_hash(training_code()).encode())
     h.update(str((params.seed, params.groups)).encode())
     h.update(np.ascontiguousarray(object_ids).tobytes())
-    h.update(crops.numpy().tobytes())
+    h.update(data.encode())
     return h.hexdigest()
 
 
@@ -92,18 +124,25 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
         model = build_student(backbone, 0, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, options=options)
         write_text(out / "train_log.tsv", "\t".join(LOG_COLUMNS) + "\n")
     else:
-        table, crops = load_training_crops(layout.objects_dir(params.train_on), cfg.input_size)
+        objects_dir = layout.objects_dir(params.train_on)
+        table, crops = load_training_crops(objects_dir, cfg.input_size, cfg.cache_gb, cfg.workers)
+        group_of = table["group"].to_numpy(np.int64)
         if len(table) == 0:
             raise InputError("no training objects: check the extract and splits stages")
         log.info("train: %s on %d training crops, %d steps", cfg.method, len(table), cfg.steps)
         out.mkdir(parents=True, exist_ok=True)
         result = train_model(
             cfg,
-            TrainingSet(crops, table["group"].to_numpy(np.int64), params.groups),
+            TrainingSet(crops, group_of, params.groups, _group_area(table, params.groups)),
             RunFiles(
                 out / "checkpoint.pt",
                 out / "train_log.tsv",
-                fingerprint(params, backbone, table["object_id"].to_numpy(), crops),
+                fingerprint(
+                    params,
+                    backbone,
+                    table["object_id"].to_numpy(),
+                    data_identity(objects_dir, table["object_id"].to_numpy(), group_of),
+                ),
             ),
             seed=params.seed,
             backbone=backbone,

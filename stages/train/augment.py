@@ -16,8 +16,10 @@ def random_resized_views(
     out_size: int,
     rows: tuple[int, int] | None = None,
     batch: int | None = None,
+    colour: bool = False,
 ) -> torch.Tensor:
-    """Views stacked as [n_views*B, 3, out, out]: random resized crop, flip, brightness/contrast.
+    """Views stacked as [n_views*B, 3, out, out]: random resized crop, flip (STML's views) and, with
+    ``colour``, brightness/contrast.
 
     ``x`` is float [B, 3, H, W] in [0, 1].  Crop area fraction ~ U(scale), aspect ~ logU(3/4, 4/3),
     a random position inside the crop, horizontal flip with p = 0.5.  With ``rows = (lo, hi)``,
@@ -43,17 +45,22 @@ def random_resized_views(
     theta[:, 0, 2] = tx
     theta[:, 1, 1] = sy
     theta[:, 1, 2] = ty
-    bright = uniform(-0.1, 0.1, 1, 1, 1)
-    contrast = uniform(0.8, 1.2, 1, 1, 1)
+    if colour:
+        bright = uniform(-0.1, 0.1, 1, 1, 1)
+        contrast = uniform(0.8, 1.2, 1, 1, 1)
     if rows is not None:  # keep this process's rows of every view
         keep = (torch.arange(n_views)[:, None] * b + torch.arange(*rows)[None, :]).flatten()
-        theta, bright, contrast, n = theta[keep], bright[keep], contrast[keep], len(keep)
+        theta, n = theta[keep], len(keep)
+        if colour:
+            bright, contrast = bright[keep], contrast[keep]
     theta = theta.to(x.device, x.dtype)
-    bright = bright.to(x.device, x.dtype)
-    contrast = contrast.to(x.device, x.dtype)
     src = x.repeat(n_views, 1, 1, 1)
     grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
     views = F.grid_sample(src, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if not colour:
+        return views
+    bright = bright.to(x.device, x.dtype)
+    contrast = contrast.to(x.device, x.dtype)
     mean = views.mean(dim=(1, 2, 3), keepdim=True)
     return ((views - mean) * contrast + mean + bright).clamp(0, 1)
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,27 @@ from stages.atomic import save_torch, write_text
 from stages.backbones import DEFAULT_BACKBONE, learning_rate
 from stages.config import BackboneOptions, TrainParams
 from stages.model import StudentModel, TeacherModel, build_student
+from stages.train.data import CropSource, EmbeddingStore, as_source, batch_loader, chunked
 from stages.train.methods import LOSS_TERMS, Method, build_method
 from stages.train.optim import AdamP
 from stages.train.runtime import Runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ["step", "lr", *LOSS_TERMS]
+LOG_COLUMNS = ["step", "lr", *LOSS_TERMS]  # then "ts_distance" (with a teacher) and the method's diagnostics
+
+
+def log_columns(method: Method, with_teacher: bool) -> list[str]:
+    """The columns of train_log.tsv for a method: every loss term, the relative teacher-student
+    parameter distance and the method's per-group / per-pair values."""
+    return LOG_COLUMNS + (["ts_distance"] if with_teacher else []) + list(method.diagnostics)
+
+
+@torch.no_grad()
+def parameter_distance(teacher: nn.Module, student: nn.Module) -> torch.Tensor:
+    """||theta_t - theta_s|| / ||theta_s|| over the backbone parameters (how far the EMA teacher lags)."""
+    t, s = list(teacher.parameters()), list(student.parameters())
+    diff = torch.stack(torch._foreach_norm(torch._foreach_sub(t, s))).norm()
+    return diff / torch.stack(torch._foreach_norm(s)).norm().clamp_min(1e-12)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -55,35 +71,63 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
 @torch.no_grad()
 def refresh_embeddings(
     student: StudentModel,
-    crops: torch.Tensor,
+    crops,
     group_of: np.ndarray,
     batch: int,
     freeze_bn: bool,
     runtime: Runtime | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """h and l of every training crop from its own group's head, in one backbone pass per batch.
+    *,
+    rows: np.ndarray | None = None,
+    memory_gb: float = float("inf"),
+    folder: Path | None = None,
+    workers: int = 0,
+) -> EmbeddingStore:
+    """h and l of the training crops ``rows`` (None: all) from each crop's own group's head, one
+    backbone pass per ``batch`` crops, the crops streamed from ``crops`` (a tensor or a
+    :mod:`stages.train.data` source, decoded by ``workers`` processes).
 
-    Under torchrun each rank embeds its share of the crops and the shares are gathered: every
-    rank returns all N rows."""
+    The result is an :class:`EmbeddingStore`: float32 in memory when it fits ``memory_gb``, else
+    float16 files in ``folder`` written chunk by chunk. Under torchrun each rank embeds its share
+    of the rows: in memory the shares are gathered (every rank gets all rows), on disk each rank
+    writes its share into the same files (``folder`` must be on a file system all ranks see)."""
     rt = runtime or Runtime(torch.device("cpu"))
-    part = rt.shard(len(crops))
-    mine, groups = crops[part], torch.from_numpy(np.asarray(group_of)[part])
+    source = as_source(crops)
+    items = np.arange(len(source)) if rows is None else np.asarray(rows, dtype=np.int64)
+    dims = (student.heads[0].h.out_features, student.heads[0].l.out_features)
+    store = EmbeddingStore.create(len(items), dims, memory_gb, folder, create=rt.is_main)
+    gather = store.in_memory and rt.distributed
+    if not store.in_memory:
+        rt.barrier()  # rank 0 has made the files
+    part = rt.shard(len(items))
+    mine = items[part]
+    groups = torch.from_numpy(np.asarray(group_of)[mine])
     student.eval()
     hs, ls = [], []
-    starts = range(0, len(mine), batch)
-    for s in tqdm(
-        starts, desc="refresh k-NN/centroids", unit="batch", leave=False, disable=len(starts) < 2 or not rt.is_main
-    ):
-        x = mine[s : s + batch].to(rt.device, non_blocking=True).float().div_(255)
+    pieces = list(chunked(mine, batch))
+    loader = batch_loader(source, pieces, workers, pin=rt.device.type == "cuda")
+    at = 0
+    bar = tqdm(loader, total=len(pieces), desc="refresh k-NN/centroids", unit="batch", leave=False)
+    bar.disable = len(pieces) < 2 or not rt.is_main
+    for x in bar:
+        x = x.to(rt.device, non_blocking=True).float().div_(255)
         with rt.autocast():
-            h, l = student.embed_by_group(x, groups[s : s + batch].to(rt.device))
-        hs.append(h.float())
-        ls.append(l.float())
+            h, l = student.embed_by_group(x, groups[at : at + len(x)].to(rt.device))
+        if gather:
+            hs.append(h.float())
+            ls.append(l.float())
+        else:
+            store.h.write(part.start + at, h.float().cpu().numpy())
+            store.l.write(part.start + at, l.float().cpu().numpy())
+        at += len(x)
     student.train_mode(freeze_bn)
-    dims = (student.heads[0].h.out_features, student.heads[0].l.out_features)
-    h = torch.cat(hs) if hs else torch.empty(0, dims[0], device=rt.device)
-    l = torch.cat(ls) if ls else torch.empty(0, dims[1], device=rt.device)
-    return rt.gather_rows(h, len(crops)).cpu().numpy(), rt.gather_rows(l, len(crops)).cpu().numpy()
+    if gather:
+        h = torch.cat(hs) if hs else torch.empty(0, dims[0], device=rt.device)
+        l = torch.cat(ls) if ls else torch.empty(0, dims[1], device=rt.device)
+        store.h.write(0, rt.gather_rows(h, len(items)).cpu().numpy())
+        store.l.write(0, rt.gather_rows(l, len(items)).cpu().numpy())
+    if not store.in_memory:
+        rt.barrier()  # every rank's share is on disk
+    return store
 
 
 def step_terms(
@@ -127,10 +171,16 @@ class Engine:
     scaler: torch.amp.GradScaler | None
     ema: float
 
-    def step(self, gen: torch.Generator) -> tuple[float, list[float]]:
-        """Sample a batch, minimise its loss, update the EMA teacher: (lr used, logged terms)."""
-        idx = torch.from_numpy(self.method.batch())
-        terms = step_terms(self.rt, self.method, self.student, self.backbone, self.teacher_fwd, self.load, idx, gen)
+    def step(
+        self, gen: torch.Generator, idx: torch.Tensor | None = None, rows: torch.Tensor | None = None
+    ) -> tuple[float, list[float]]:
+        """Minimise the loss of the global batch ``idx`` (None: sampled now), update the EMA
+        teacher: (lr used, logged terms). ``rows``: this rank's uint8 crops of ``idx``, already
+        loaded (by the data loader's workers); None: loaded now through ``load``."""
+        if idx is None:
+            idx = torch.from_numpy(self.method.batch())
+        load = self.load if rows is None else _Loaded(rows, self.rt.device)
+        terms = step_terms(self.rt, self.method, self.student, self.backbone, self.teacher_fwd, load, idx, gen)
         self.opt.zero_grad(set_to_none=True)
         (terms["loss"] if self.scaler is None else self.scaler.scale(terms["loss"])).backward()
         self.rt.average_grads(list(self.student.heads.parameters()))  # the backbone's are averaged by DDP
@@ -141,9 +191,14 @@ class Engine:
             self.scaler.update()
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
+        logged = [terms[k].detach().float() for k in LOSS_TERMS]
         if self.teacher is not None:
             self.teacher.ema_update(self.student, self.ema)
-        return lr, torch.stack([terms[k].detach().float() for k in LOSS_TERMS]).tolist()  # one sync
+            logged.append(parameter_distance(self.teacher.backbone, self.student.backbone).float())
+        logged = torch.stack(logged)
+        if "diagnostics" in terms:
+            logged = torch.cat([logged, terms["diagnostics"].float().to(logged.device)])
+        return lr, logged.tolist()  # one sync
 
 
 @dataclass
@@ -152,6 +207,16 @@ class TrainResult:
     steps: int
     resumed_from: int
     is_main: bool = True  # rank 0 (or the only process): the one that writes
+
+
+class _Loaded:
+    """The load function of a step whose uint8 crops are already loaded (maybe pinned)."""
+
+    def __init__(self, rows: torch.Tensor, device: torch.device):
+        self.rows, self.device = rows, device
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.rows.to(self.device, non_blocking=True).float().div_(255)
 
 
 class BatchLoader:
@@ -179,11 +244,13 @@ def resolve_train_params(cfg: TrainParams, backbone: str, options: BackboneOptio
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """What a run trains on: uint8 crops ``[N, 3, S, S]`` and each crop's scale group."""
+    """What a run trains on: the crops (a uint8 tensor ``[N, 3, S, S]`` or a source of
+    :mod:`stages.train.data`: in memory or streamed from the shards) and each crop's scale group."""
 
-    crops: torch.Tensor
+    crops: torch.Tensor | CropSource
     group_of: np.ndarray  # [N] group of each crop (ms_ugcml: one head per group)
     n_groups: int
+    group_area: np.ndarray | None = None  # [n_groups] mean box area (train.quota: size_area)
 
 
 @dataclass(frozen=True)
@@ -229,22 +296,29 @@ def train_model(
 def _train(
     cfg: TrainParams, data: TrainingSet, files: RunFiles, *, seed: int, net: tuple, stop_after: int | None, rt: Runtime
 ) -> TrainResult:
-    crops, group_of, n_groups = data.crops, data.group_of, data.n_groups
+    source, group_of, n_groups = as_source(data.crops), data.group_of, data.n_groups
     if cfg.method != "ms_ugcml":
-        group_of, n_groups = np.zeros(len(crops), dtype=np.int64), 1
-    rt.rows(cfg.queries * cfg.neighbours)  # the global batch splits evenly over the processes
+        group_of, n_groups = np.zeros(len(source), dtype=np.int64), 1
+    lo, hi = rt.rows(cfg.queries * cfg.neighbours)  # the global batch splits evenly over the processes
     gen = seed_everything(seed)
     name, options = net
     student = build_student(
-        name, n_groups, cfg.teacher_dim, cfg.embed_dim, cfg.input_size, embed_head=cfg.embed_head, options=options
+        name,
+        n_groups,
+        cfg.teacher_dim,
+        cfg.embed_dim,
+        cfg.input_size,
+        embed_head=cfg.embed_head,
+        options=options,
+        head_init=cfg.head_init,
     )
     student.to(rt.device)
-    method = build_method(cfg, group_of, n_groups, seed)
-    teacher = TeacherModel(student).eval() if method.needs_teacher else None
-    opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    method = build_method(cfg, group_of, n_groups, seed, data.group_area if n_groups == data.n_groups else None)
+    teacher = TeacherModel(student, cfg.teacher_heads).eval() if method.needs_teacher else None
+    opt = AdamP(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup_steps))
     scaler = rt.grad_scaler()
-    state = {"history": []}
+    state = {"history": [], "pending": None}
     parts = {
         "student": student,
         "teacher": teacher,
@@ -255,49 +329,64 @@ def _train(
     }
     start = _resume(files.checkpoint, files.fingerprint, parts, gen, state, rt.device)
     if rt.is_main:  # the log is rewritten from the checkpoint's history: it always matches the weights
-        write_text(files.log, "".join("\t".join(r) + "\n" for r in [LOG_COLUMNS, *state["history"]]))
+        header = log_columns(method, teacher is not None)
+        write_text(files.log, "".join("\t".join(r) + "\n" for r in [header, *state["history"]]))
     student.train_mode(cfg.freeze_bn)
     student_fwd, teacher_fwd = _forward_modules(student, teacher, rt)
-    engine = Engine(
-        rt,
-        method,
-        student,
-        student_fwd,
-        teacher,
-        teacher_fwd,
-        BatchLoader(crops, rt.device),
-        opt,
-        sched,
-        scaler,
-        cfg.ema,
-    )
+    pin = rt.device.type == "cuda"
 
-    def embed_all():
-        return refresh_embeddings(student, crops, group_of, cfg.batch_embed, cfg.freeze_bn, rt)
+    def load(idx: torch.Tensor) -> torch.Tensor:
+        return source.load(idx.numpy()).to(rt.device, non_blocking=True).float().div_(255)
 
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        desc=f"train {cfg.method}",
-        unit="step",
-        disable=not rt.is_main,
-    )
-    for step in bar:
+    engine = Engine(rt, method, student, student_fwd, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema)
+    scratch = files.checkpoint.parent / f"{files.checkpoint.stem}.refresh"
+
+    def embed_all(rows: np.ndarray | None = None) -> EmbeddingStore:
+        return refresh_embeddings(
+            student,
+            source,
+            group_of,
+            cfg.batch_embed,
+            cfg.freeze_bn,
+            rt,
+            rows=rows,
+            memory_gb=cfg.refresh_memory_gb,
+            folder=scratch,
+            workers=cfg.workers,
+        )
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.method}", unit="step", disable=not rt.is_main)
+    step, stopped = start, False
+    while step < cfg.steps and not stopped:
+        # A period runs to the next refresh: its batches are drawn at its start, so that the
+        # loader's workers read and decode them ahead of the steps; a checkpoint keeps the rest.
         method.before_step(step, embed_all, rt)
-        lr, values = engine.step(gen)
-        row = [str(step), f"{lr:.6g}"] + [f"{v:.6g}" for v in values]
-        state["history"].append(row)
-        done = step + 1
-        if rt.is_main:
-            with open(files.log, "a") as f:
-                f.write("\t".join(row) + "\n")
-            bar.set_postfix(loss=row[2], lr=f"{lr:.2e}")
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                _save(files.checkpoint, files.fingerprint, done, parts, gen, state)
-        if stop_after is not None and done >= stop_after:
-            break
+        period = state["pending"]
+        if period is None or len(period) == 0:
+            end = min(cfg.steps, (step // cfg.knn_refresh + 1) * cfg.knn_refresh)
+            period = np.stack([method.batch() for _ in range(step, end)])
+        loader = batch_loader(source, [b[lo:hi] for b in period], cfg.workers, pin, cfg.prefetch)
+        for i, rows in enumerate(loader):
+            lr, values = engine.step(gen, torch.from_numpy(period[i]), rows)
+            row = [str(step), f"{lr:.6g}"] + [f"{v:.6g}" for v in values]
+            state["history"].append(row)
+            state["pending"] = period[i + 1 :]
+            step += 1
+            if rt.is_main:
+                with open(files.log, "a") as f:
+                    f.write("\t".join(row) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=row[2], lr=f"{lr:.2e}")
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    _save(files.checkpoint, files.fingerprint, step, parts, gen, state)
+            if stop_after is not None and step >= stop_after:
+                stopped = True
+                break
+        del loader  # its workers stop here
+    bar.close()
     rt.barrier()  # rank 0's checkpoint is complete before any rank moves on
+    if rt.is_main:
+        shutil.rmtree(scratch, ignore_errors=True)
     return TrainResult(student.to("cpu").eval(), cfg.steps, start, rt.is_main)
 
 
@@ -325,6 +414,8 @@ def _save(path: Path, fingerprint: str, step: int, parts: dict, gen: torch.Gener
         "torch_rng": torch.get_rng_state(),
         "generator": gen.get_state(),
         "history": json.dumps(extra["history"]),
+        # the batches drawn for the rest of the current period (the loader's position)
+        "pending": None if extra["pending"] is None else torch.from_numpy(np.ascontiguousarray(extra["pending"])),
     }
     save_torch(path, state)
 
@@ -349,5 +440,6 @@ def _resume(path: Path, fingerprint: str, parts: dict, gen: torch.Generator, ext
     torch.set_rng_state(state["torch_rng"])
     gen.set_state(state["generator"])
     extra["history"] = json.loads(state["history"])[: int(state["step"])]
+    extra["pending"] = None if state.get("pending") is None else state["pending"].numpy()
     log.info("train: resuming from step %d of %s", state["step"], path)
     return int(state["step"])

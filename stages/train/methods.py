@@ -26,6 +26,7 @@ from stages.losses import (
 )
 from stages.samplers import KnnBatchSampler
 from stages.train.augment import random_resized_views
+from stages.vectors.rows import ArrayRows
 
 N_VIEWS = 2
 LOSS_TERMS = ["loss", "rc_h", "rc_l", "self_distill", "ckd"]
@@ -38,15 +39,20 @@ class Method:
 
     needs_teacher = False  # an EMA teacher is built, run and updated only when a method uses it
     blocks = N_VIEWS  # row blocks per crop fed to the backbone (views, then anything else)
+    diagnostics: list[str] = []  # values logged per step besides LOSS_TERMS (terms["diagnostics"])
 
-    def __init__(self, cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: int):
+    def __init__(
+        self, cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: int, group_area: np.ndarray | None = None
+    ):
         self.cfg = cfg
         self.n_crops = len(group_of)
         self.batch_size = cfg.queries * cfg.neighbours
 
     def before_step(self, step: int, embed_all, runtime) -> None:
-        """Hook run before sampling (e.g. refresh a neighbour graph); ``embed_all()`` returns the
-        (h, l) embeddings of every training crop on every rank."""
+        """Hook run at the start of each period of steps (every ``knn_refresh`` steps, and where a
+        resumed run starts), before that period's batches are drawn (e.g. refresh a neighbour
+        graph); ``embed_all(rows=None)`` returns the h and l of the training crops ``rows`` (all
+        by default) on every rank, as row stores (:class:`stages.train.data.EmbeddingStore`)."""
 
     def batch(self) -> np.ndarray:
         raise NotImplementedError
@@ -56,7 +62,14 @@ class Method:
         global batch): the two augmented views, drawn for the whole global batch."""
         cfg = self.cfg
         return random_resized_views(
-            x, N_VIEWS, cfg.aug_scale, generator, cfg.input_size, rows=rows, batch=self.batch_size
+            x,
+            N_VIEWS,
+            cfg.aug_scale,
+            generator,
+            cfg.input_size,
+            rows=rows,
+            batch=self.batch_size,
+            colour=cfg.aug_colour,
         )
 
     def loss(
@@ -86,7 +99,7 @@ class NtXent(Method):
     between the two views of a crop (``views``) or classifying each view against the batch's
     un-augmented crops (``anchor``)."""
 
-    def __init__(self, cfg, group_of, n_groups, seed):
+    def __init__(self, cfg, group_of, n_groups, seed, group_area=None):
         super().__init__(cfg, group_of, n_groups, seed)
         self.rng = np.random.default_rng(seed)
         if cfg.ntxent_variant == "anchor":
@@ -122,53 +135,73 @@ class RelaxedContrastive(Method):
 
     needs_teacher = True
 
-    def __init__(self, cfg, group_of, n_groups, seed):
+    def __init__(self, cfg, group_of, n_groups, seed, group_area=None):
         super().__init__(cfg, group_of, n_groups, seed)
         self.seed = seed
         self.n_groups = n_groups
         self.groups = torch.from_numpy(np.asarray(group_of, dtype=np.int64))
-        self.sampler = KnnBatchSampler(group_of, n_groups, cfg.queries, cfg.neighbours, seed)
+        area = group_area if cfg.quota == "size_area" else None
+        self.sampler = KnnBatchSampler(
+            group_of,
+            n_groups,
+            cfg.queries,
+            cfg.neighbours,
+            seed,
+            group_area=area,
+            exact_max=cfg.knn_exact_max,
+            nprobe=cfg.knn_nprobe,
+        )
         self.centroids: torch.Tensor | None = None
+        self.diagnostics = group_diagnostics(n_groups)
 
     def before_step(self, step, embed_all, runtime):
         if step % self.cfg.knn_refresh and self.sampler.neighbours is not None:
             return
-        h, l = embed_all()
+        rows = self.sampler.refresh_rows(self.cfg.refresh_share, self.seed + step)  # None: every crop
+        emb = embed_all(rows)
         graph = None
         if runtime.is_main:  # one graph and one set of centroids, shared by every rank
-            self.sampler.refresh(h)
-            centroids = kmeans_centroids(l, self.cfg.clusters, self.seed + step) if self.n_groups > 1 else None
-            graph = (self.sampler.neighbours, centroids)
-        self.sampler.neighbours, centroids = runtime.broadcast(graph)
+            self.sampler.refresh(emb.h, rows)
+            centroids = kmeans_centroids(emb.l, self.cfg.clusters, self.seed + step) if self.n_groups > 1 else None
+            graph = (self.sampler.neighbours, self.sampler.active, centroids)
+        self.sampler.neighbours, self.sampler.active, centroids = runtime.broadcast(graph)
         self.centroids = None if centroids is None else centroids.to(runtime.device)
 
     def batch(self) -> np.ndarray:
         return self.sampler.sample()
 
     def loss(self, heads, feat, teacher_feat, idx, generator):
-        return ugcml_terms(heads, feat, teacher_feat, self.groups[idx], self.cfg, self.centroids, generator)
+        return ugcml_terms(
+            heads, feat, teacher_feat, self.groups[idx], self.cfg, self.centroids, generator, crop_ids=idx
+        )
 
     def state_dict(self) -> dict:
         nb = self.sampler.neighbours
         return {
             "rng": json.dumps(self.sampler.rng.bit_generator.state),
             "neighbours": None if nb is None else torch.from_numpy(nb),
+            "active": None if self.sampler.active is None else [torch.from_numpy(a) for a in self.sampler.active],
             "centroids": None if self.centroids is None else self.centroids.cpu(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.rng.bit_generator.state = json.loads(state["rng"])
         self.sampler.neighbours = None if state["neighbours"] is None else state["neighbours"].numpy()
+        active = state.get("active")
+        self.sampler.active = None if active is None else [a.numpy() for a in active]
         self.centroids = state["centroids"]
 
 
 METHODS: dict[str, type[Method]] = {"ms_ugcml": RelaxedContrastive, "stml": RelaxedContrastive, "ntxent": NtXent}
 
 
-def build_method(cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: int) -> Method:
+def build_method(
+    cfg: TrainParams, group_of: np.ndarray, n_groups: int, seed: int, group_area: np.ndarray | None = None
+) -> Method:
+    """The method of ``cfg.method``; ``group_area`` [n_groups]: mean box area per group (``quota``)."""
     if cfg.method not in METHODS:
         raise InputError(f"train.method {cfg.method!r} does not train (choose one of {sorted(METHODS)})")
-    return METHODS[cfg.method](cfg, group_of, n_groups, seed)
+    return METHODS[cfg.method](cfg, group_of, n_groups, seed, group_area)
 
 
 def mixed_scale_sets(
@@ -191,14 +224,30 @@ def mixed_scale_sets(
     return sets
 
 
-def kmeans_centroids(emb: np.ndarray, k: int, seed: int) -> torch.Tensor:
-    """FAISS k-means of L2-normalised embeddings (k capped by the number of points)."""
-    x = np.ascontiguousarray(emb, dtype=np.float32)
+def kmeans_centroids(emb, k: int, seed: int, points_per_centroid: int = 256) -> torch.Tensor:
+    """FAISS k-means of L2-normalised embeddings (k capped by the number of points); ``emb`` is an
+    [n, d] array or a row store (:mod:`stages.vectors.rows`). FAISS trains on at most
+    ``points_per_centroid * k`` points: above that a seeded sample of rows is read, never all."""
+    store = ArrayRows(emb) if isinstance(emb, np.ndarray) else emb
+    n = len(store)
+    k = max(2, min(k, n // 2))
+    cap = points_per_centroid * k
+    rows = np.arange(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+    x = store.take(rows)
     faiss.normalize_L2(x)
-    k = max(2, min(k, len(x) // 2))
     km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, verbose=False, min_points_per_centroid=1)
     km.train(x)
     return torch.from_numpy(km.centroids.copy())
+
+
+def group_diagnostics(n_groups: int) -> list[str]:
+    """The per-group and per-pair values a ms_ugcml step logs besides :data:`LOSS_TERMS`."""
+    cols = []
+    for m in range(1, n_groups + 1):
+        cols += [f"rc_h_g{m}", f"rc_l_g{m}", f"self_distill_g{m}", f"set_g{m}"]
+    for a, b in zip(*torch.triu_indices(n_groups, n_groups, 1).tolist()):
+        cols += [f"ckd_g{a + 1}g{b + 1}", f"ckd_rows_g{a + 1}g{b + 1}"]
+    return cols
 
 
 def ugcml_terms(
@@ -209,46 +258,98 @@ def ugcml_terms(
     cfg: TrainParams,
     centroids: torch.Tensor | None,
     generator: torch.Generator,
+    crop_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """MS-UGCML loss of one batch from the student's backbone features and the teacher's
-    embeddings of the views (both stacked [2B, .]); ``batch_group`` [B] on the CPU.
+    embeddings of the views (both stacked [2B, .]; the teacher's [2B, G_t * d_t] holds one block
+    per teacher head); ``batch_group`` [B] on the CPU; ``crop_ids`` [B] the dataset ids of the
+    batch's crops (rows of one crop rank first in each other's neighbour lists, as in STML).
 
-    Per group m, on its mixed-scale set: L_con(h_m) + L_con(l_m) (eq. 4) + L_self(h_m, l_m) (eq. 3);
-    plus L_CKD over the group pairs on their shared crops (eq. 1-2). With one group this is STML.
-    Each head embeds only the views of its own set; the losses of all sets are then computed at
-    once on the sets padded to the largest (a few large ops instead of many tiny ones per group).
+    Per group m, on its mixed-scale set, with the soft labels of teacher head m (or the shared
+    one): RC_m = (L_con(h_m) + L_con(l_m)) / 2 (eq. 4) and L_self(h_m, l_m) (eq. 3); the group
+    terms are averaged over the G heads (``group_reduction: mean``, the authors' code; with one
+    group this is STML's (RC_f + RC_g)/2 + KL) or summed as eq. 5 prints them (``sum``); plus
+    L_CKD over the group pairs (eq. 1-2) on every crop both heads embed (``ckd_rows: all``) or only
+    on the crops the two mixed-scale sets share (``shared``, the authors' code). Each head embeds
+    only the views of its own set for eq. 3-4; the sets' losses are computed at once on the sets
+    padded to the largest.
     """
     dev = feat.device
-    sets = mixed_scale_sets(batch_group, len(heads), cfg.mix_share, generator)
+    g = len(heads)
+    n_crops = len(batch_group)
+    crop_ids = torch.arange(n_crops) if crop_ids is None else crop_ids.cpu()
+    sets = mixed_scale_sets(batch_group, g, cfg.mix_share, generator)
     sizes = torch.tensor([len(s) for s in sets])
-    rows = torch.cat([torch.cat([s, s + len(batch_group)]) for s in sets]).to(dev)  # views of each set, set after set
+    rows = torch.cat([torch.cat([s, s + n_crops]) for s in sets]).to(dev)  # views of each set, set after set
     start = (2 * sizes).cumsum(0) - 2 * sizes  # first row of each set in ``rows``
-    outs = [head(f) for head, f in zip(heads, feat[rows].split((2 * sizes).tolist()))]  # one gather for all heads
-    h_all, l_all = torch.cat([h for h, _ in outs]), torch.cat([l for _, l in outs])
+    use_ckd = centroids is not None and g > 1 and cfg.ckd_weight > 0
+    every_row = cfg.ckd_rows == "all" and use_ckd
+    h_all = torch.cat([head.h(f) for head, f in zip(heads, feat[rows].split((2 * sizes).tolist()))])
+    if every_row:  # every head's l of every row: the sets' rows are gathered from it
+        l_full = torch.stack([head.l(feat) for head in heads])  # [G, 2B, d]
+        owner = torch.repeat_interleave(torch.arange(g), 2 * sizes).to(dev)
+        l_all = l_full[owner, rows]
+    else:
+        l_all = torch.cat([head.l(f) for head, f in zip(heads, feat[rows].split((2 * sizes).tolist()))])
     zero = feat.new_zeros(())
-    terms = {"rc_h": zero, "rc_l": zero, "self_distill": zero, "ckd": zero}
+    per_group = {k: feat.new_zeros(g) for k in ("rc_h", "rc_l", "self_distill")}
     active = torch.nonzero(sizes >= 2).flatten()  # sets of fewer than 2 crops have no pairs to learn from
     if len(active):
         n = sizes[active][:, None]
         pos = torch.arange(2 * int(n.max()))[None, :]
         valid = pos < 2 * n  # [A, N]: position p < 2n is view p // n of the set's crop p % n
-        idx = (start[active][:, None] + torch.where(valid, pos, 0)).to(dev)  # padding repeats the set's first row
-        crop = torch.where(valid, pos % n, -1 - pos).to(dev)  # padding: ids no other position has
-        valid = valid.to(dev)
-        h, l = h_all[idx], l_all[idx]
-        w = teacher_weights(
-            teacher_feat[rows[idx]], cfg.sigma, cfg.context_k, crop[:, :, None] == crop[:, None, :], valid
-        )
-        d_h, d_l = embedding_distances(h, valid), embedding_distances(l, valid)  # each once, for eq. 3 and eq. 4
-        terms["rc_h"] = relaxed_contrastive_on_distances(d_h, w, cfg.delta, valid).sum()  # eq. 4 on h_m
-        terms["rc_l"] = relaxed_contrastive_on_distances(d_l, w, cfg.delta, valid).sum()  # eq. 4 on l_m
-        terms["self_distill"] = self_distillation_on_distances(d_h, d_l, valid).sum()  # eq. 3
-    if centroids is not None and len(sets) > 1:
-        terms["ckd"] = collaborative_distillation(
-            l_all, *_shared_rows(sets, sizes, start, len(batch_group), dev), centroids, cfg.ckd_tau
-        )  # eq. 2
-    terms["loss"] = terms["rc_h"] + terms["rc_l"] + terms["self_distill"] + terms["ckd"]
+        idx = start[active][:, None] + torch.where(valid, pos, 0)  # padding repeats the set's first row
+        ids = torch.where(valid, crop_ids[rows.cpu()[idx] % n_crops], -1 - pos)  # padding: ids no row has
+        idx, valid, ids = idx.to(dev), valid.to(dev), ids.to(dev)
+        t = teacher_feat.unflatten(-1, (-1, cfg.teacher_dim))  # [2B, G_t, d_t]
+        t_head = active.to(dev)[:, None] if t.shape[1] > 1 else 0  # set m: teacher head m
+        w = teacher_weights(t[rows[idx], t_head], cfg.sigma, context_k(cfg), ids[:, :, None] == ids[:, None, :], valid)
+        # each head output's relative distances once, for eq. 3 and eq. 4
+        d_h = embedding_distances(h_all[idx], valid, cfg.student_norm)
+        d_l = embedding_distances(l_all[idx], valid, cfg.student_norm)
+        per_group["rc_h"][active] = relaxed_contrastive_on_distances(d_h, w, cfg.delta, valid)  # eq. 4 on h_m
+        per_group["rc_l"][active] = relaxed_contrastive_on_distances(d_l, w, cfg.delta, valid)  # eq. 4 on l_m
+        per_group["self_distill"][active] = self_distillation_on_distances(d_h, d_l, valid)  # eq. 3
+    ckd, ckd_pairs, ckd_rows = zero, feat.new_zeros(g * (g - 1) // 2), torch.zeros(g * (g - 1) // 2)
+    if use_ckd:
+        if every_row:
+            ckd_pairs = pairwise_ckd(l_full, centroids, cfg.ckd_tau)  # eq. 1 per pair, on all 2B rows
+            ckd_rows = torch.full_like(ckd_rows, 2 * n_crops)
+        else:
+            rows_a, rows_b, pair, n_pairs = _shared_rows(sets, sizes, start, n_crops, dev)
+            ckd_pairs = collaborative_distillation(
+                l_all, rows_a, rows_b, pair, n_pairs, centroids, cfg.ckd_tau, reduce=False
+            )
+            ckd_rows = torch.bincount(pair.cpu(), minlength=n_pairs).float()
+        ckd = ckd_pairs.mean()  # eq. 2: the mean over the group pairs
+    scale = 1.0 / g if cfg.group_reduction == "mean" else 1.0
+    terms = {k: v.sum() * scale for k, v in per_group.items()} | {"ckd": ckd}
+    rc_weight = 0.5 if cfg.group_reduction == "mean" else 1.0  # STML: (RC_f + RC_g) / 2
+    terms["loss"] = rc_weight * (terms["rc_h"] + terms["rc_l"]) + terms["self_distill"] + cfg.ckd_weight * ckd
+    diag = []
+    for m in range(g):
+        diag += [per_group["rc_h"][m], per_group["rc_l"][m], per_group["self_distill"][m], sizes[m].to(feat)]
+    for p in range(len(ckd_pairs)):
+        diag += [ckd_pairs[p], ckd_rows[p].to(feat)]
+    terms["diagnostics"] = torch.stack(diag).detach() if diag else feat.new_zeros(0)
     return terms
+
+
+def context_k(cfg: TrainParams) -> int:
+    """k of STML's contextual similarity: ``train.context_k``, else neighbours x views (STML's topk)."""
+    return cfg.context_k if cfg.context_k is not None else cfg.neighbours * N_VIEWS
+
+
+def pairwise_ckd(l_full: torch.Tensor, centroids: torch.Tensor, tau: float) -> torch.Tensor:
+    """L_CKD(G_a, G_b) (eq. 1) of every head pair a < b, each over all rows both heads embed [G, R, d]."""
+    g, r, _ = l_full.shape
+    a, b = torch.triu_indices(g, g, 1, device=l_full.device)
+    rows = torch.arange(r, device=l_full.device)
+    flat = l_full.reshape(g * r, -1)
+    rows_a = (a[:, None] * r + rows[None, :]).flatten()
+    rows_b = (b[:, None] * r + rows[None, :]).flatten()
+    pair = torch.arange(len(a), device=l_full.device).repeat_interleave(r)
+    return collaborative_distillation(flat, rows_a, rows_b, pair, len(a), centroids, tau, reduce=False)
 
 
 def _shared_rows(

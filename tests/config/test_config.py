@@ -16,7 +16,7 @@ def write(tmp_path, text):
 def test_repository_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.groups == 4 and params.task == 4
-    assert params.train.method == "ntxent"
+    assert params.train.method == "ms_ugcml"  # the paper's method is what dvc repro trains
 
 
 def test_dvc_style_float_stays_float(tmp_path):

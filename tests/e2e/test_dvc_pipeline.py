@@ -137,29 +137,37 @@ def test_search_command(repo):
 
 
 def test_exp_run_groups_reruns_from_groups_only(repo):
+    """The default method is the paper's (ms_ugcml, one head per scale group): 5 groups is another model."""
+    model_before = (repo / MODEL / "model.pt").read_bytes()
+    metrics_before = json.loads((repo / METRICS).read_text())
     out = sh(repo, "dvc", "exp", "run", "-S", "groups=5")
     assert "Running stage 'groups'" in out and "Running stage 'evaluate@efficientnet_lite0-synthetic'" in out
     for stage in ("data@", "extract@", "splits"):
         assert f"Running stage '{stage}" not in out
     assert json.loads((repo / METRICS).read_text())["groups"] == 5
     assert json.loads((repo / "data/groups/boundaries.json").read_text())["groups"] == 5
+    assert "Running stage 'train@efficientnet_lite0'" in out
+    assert (repo / MODEL / "model.pt").read_bytes() != model_before
+    assert json.loads((repo / METRICS).read_text())["model"] != metrics_before["model"]
     diff = sh(repo, "dvc", "metrics", "diff", "--md")
     assert "groups" in diff and METRICS in diff
     sh(repo, "git", "checkout", "--", "params.yaml")
 
 
-def test_exp_run_ms_ugcml_trains_one_head_per_group(repo):
-    out = sh(repo, "dvc", "exp", "run", "-S", "train.method=ms_ugcml")
-    assert "Running stage 'train@efficientnet_lite0'" in out
-    for stage in ("data@", "extract@", "splits", "groups"):
-        assert f"Running stage '{stage}" not in out
+def test_default_trains_ms_ugcml_and_stml_is_a_baseline_switch(repo):
+    sh(repo, "dvc", "repro")  # the default params again (restored from DVC's run cache)
     log = [line.split("\t") for line in (repo / MODEL / "train_log.tsv").read_text().splitlines()]
     ckd = [float(row[log[0].index("ckd")]) for row in log[1:]]
     assert len(ckd) == 4 and any(c > 0 for c in ckd)
     params = json.loads((repo / MODEL / "params.json").read_text())
     assert params["train"]["method"] == "ms_ugcml" and params["groups"] == 4
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.method=stml")
+    assert "Running stage 'train@efficientnet_lite0'" in out
+    for stage in ("data@", "extract@", "splits", "groups"):
+        assert f"Running stage '{stage}" not in out
+    assert json.loads((repo / MODEL / "params.json").read_text())["train"]["method"] == "stml"
     shown = sh(repo, "dvc", "exp", "show", "--md")
-    assert "ms_ugcml" in shown
+    assert "stml" in shown
     sh(repo, "git", "checkout", "--", "params.yaml")
 
 

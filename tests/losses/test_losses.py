@@ -48,10 +48,13 @@ def test_relaxed_contrastive_is_scale_invariant():
 
 
 def test_self_distillation_by_hand():
-    # P rows (softmax of -d_h over j != i): [.62591 .37409], [.5 .5], [.37409 .62591]
-    # Q rows (from L):                      [.5 .5], [.62591 .37409], [.62591 .37409]
-    # KL rows: 0.032054, 0.032752, 0.129617 -> sum 0.194423 / 3 = 0.064808
-    assert self_distillation(H, L).item() == pytest.approx(0.064808, abs=1e-5)
+    # STML: the softmax runs over every j, the row itself (d_ii = 0) included.
+    # d_H rows [0 1.242641 1.757359], [1.5 0 1.5], [1.757359 1.242641 0];
+    # d_L rows [0 1.5 1.5], [1.242641 0 1.757359], [1.242641 1.757359 0]
+    # P rows (softmax of -d_H): [.684406 .197534 .118060], [.154281 .691438 .154281], [.118060 .197534 .684406]
+    # Q rows (softmax of -d_L): [.691438 .154281 .154281], [.197534 .684406 .118060], [.197534 .118060 .684406]
+    # KL rows: 0.010231, 0.010223, 0.040907 -> sum 0.061360 / 3 = 0.020453
+    assert self_distillation(H, L).item() == pytest.approx(0.020453, abs=1e-5)
 
 
 def test_self_distillation_zero_when_equal_and_h_detached():
@@ -82,12 +85,17 @@ def test_contextual_weights_two_clusters():
     assert torch.allclose(w_c, block)
 
 
-def test_teacher_weights_views_are_positives_and_symmetric():
+def test_teacher_weights_views_are_neighbours_not_forced_to_one():
+    """STML: the views of a crop rank first in each other's neighbour lists (so their contextual
+    weight is positive), but their weight stays the teacher's (W_P + W_C) / 2."""
     t = torch.randn(8, 5)
     pos = view_positives(4, 2)
     w = teacher_weights(t, 3.0, 3, pos)
+    w_p = pairwise_weights(t, 3.0)
+    w_c = contextual_weights(w_p, 3, None, pos)
     assert torch.allclose(w, w.T, atol=1e-6)
-    assert (w[pos] == 1).all()
+    assert torch.allclose(w, (w_p + w_c) / 2, atol=1e-6)
+    assert (w_c[pos] > 0).all() and not (w[pos & ~torch.eye(8, dtype=torch.bool)] == 1).any()
     assert ((w >= 0) & (w <= 1)).all()
     assert pos[0, 4] and pos[4, 0] and not pos[0, 1]
 

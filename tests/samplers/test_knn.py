@@ -46,3 +46,46 @@ def test_tiny_group_repeats_neighbours():
     s = KnnBatchSampler(np.array([0, 0, 1]), 2, queries=2, k=3, seed=0)
     s.refresh(np.eye(3, dtype=np.float32))
     assert s.sample().shape == (6,)
+
+
+def test_self_first_drops_the_query_and_repeats_missing_neighbours():
+    from stages.samplers.knn import _self_first
+
+    found = np.array([[4, 0, 2], [1, 7, -1], [-1, -1, -1]])
+    got = _self_first(found, np.array([0, 1, 2]), 4)
+    assert got.tolist() == [[0, 4, 2, 4], [1, 7, 7, 7], [2, 2, 2, 2]]
+
+
+def test_large_groups_get_an_ivfpq_graph_built_chunk_by_chunk(monkeypatch, tmp_path):
+    """Above exact_max a group is indexed with IVF-PQ from a row store read in chunks: same-group
+    neighbours, the query first, mostly the true nearest ones (clustered data)."""
+    import stages.samplers.knn as knn
+    from stages.vectors.rows import MappedRows
+
+    monkeypatch.setattr(knn, "CHUNK_ROWS", 700)
+    rng = np.random.default_rng(0)
+    n, k, d = 4000, 4, 32
+    centres = rng.normal(size=(n // 4, d)).astype(np.float32)
+    emb = centres[np.arange(n) // 4] + 0.05 * rng.normal(size=(n, d)).astype(np.float32)  # 4 near-copies each
+    group_of = (np.arange(n) // 4) % 2
+    store = MappedRows(tmp_path / "h.f16", (n, d), create=True)
+    store.write(0, emb)
+    s = KnnBatchSampler(group_of, 2, queries=4, k=k, seed=0, exact_max=1000, nprobe=8, pq_m=16)
+    s.refresh(store)
+    nb = s.neighbours
+    assert nb.shape == (n, k) and (nb[:, 0] == np.arange(n)).all()
+    assert (group_of[nb] == group_of[:, None]).all()
+    same_cluster = (nb[:, 1:] // 4) == (np.arange(n) // 4)[:, None]
+    assert same_cluster.mean() > 0.9
+
+
+def test_refresh_on_a_share_samples_only_the_refreshed_crops():
+    group_of = np.repeat(np.arange(2), 40)
+    s = KnnBatchSampler(group_of, 2, queries=4, k=3, seed=0)
+    rows = s.refresh_rows(0.25, seed=5)
+    assert len(rows) == 20 and (np.bincount(group_of[rows]) == 10).all()
+    emb = np.random.default_rng(0).normal(size=(len(rows), 8)).astype(np.float32)
+    s.refresh(emb, rows)
+    for _ in range(5):
+        assert np.isin(s.sample(), rows).all()
+    assert (s.refresh_rows(0.25, seed=5) == rows).all() and s.refresh_rows(1.0, seed=5) is None

@@ -66,9 +66,15 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path, crops):
 
 
 def test_gradients_reach_backbone_and_every_head(crops):
-    student = build_student(DEFAULT_BACKBONE, 3, CFG.teacher_dim, CFG.embed_dim, CFG.input_size).train()
+    student = build_student(
+        DEFAULT_BACKBONE, 3, CFG.teacher_dim, CFG.embed_dim, CFG.input_size, head_init="shared"
+    ).train()
     teacher = TeacherModel(student).eval()
     assert all(torch.equal(hd.l.weight, student.heads[0].l.weight) for hd in student.heads)  # shared init
+    per_head = build_student(DEFAULT_BACKBONE, 3, CFG.teacher_dim, CFG.embed_dim, CFG.input_size, pretrained=False)
+    assert not torch.equal(per_head.heads[0].l.weight, per_head.heads[1].l.weight)  # orthogonal, drawn per head
+    w = per_head.heads[0].h.weight
+    assert torch.allclose(w @ w.T, torch.eye(w.shape[0]), atol=1e-4) and not per_head.heads[0].h.bias.any()
     with torch.no_grad():  # let the heads disagree, as they do after a few steps
         for hd in student.heads[1:]:
             hd.l.weight.add_(0.1 * torch.randn_like(hd.l.weight))
@@ -106,6 +112,13 @@ def test_ms_ugcml_has_one_head_per_group_and_logs_ckd(tmp_path, crops):
     ckd = [float(r[rows[0].index("ckd")]) for r in rows[1:]]
     # a KL divergence: >= 0 up to float rounding (two GEMMs of different shapes give +-1e-8 on some CPUs)
     assert len(ckd) == CFG.steps and all(c >= -1e-6 for c in ckd) and any(c > 1e-6 for c in ckd)
+    # what each part does: per group, per head pair (with its rows), the teacher's lag
+    for col in ("rc_h_g1", "self_distill_g3", "set_g2", "ckd_g1g3", "ckd_rows_g2g3", "ts_distance"):
+        assert col in rows[0], col
+    ckd_rows = [float(r[rows[0].index("ckd_rows_g1g2")]) for r in rows[1:]]
+    assert all(n == 2 * CFG.queries * CFG.neighbours for n in ckd_rows)  # ckd_rows: all -> every row of the batch
+    lag = [float(r[rows[0].index("ts_distance")]) for r in rows[1:]]
+    assert all(v > 0 for v in lag)
 
 
 def test_ntxent_baseline_trains(tmp_path, crops):
@@ -114,41 +127,57 @@ def test_ntxent_baseline_trains(tmp_path, crops):
 
 
 def _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids, generator):
-    """ugcml_terms written as the paper reads, one group and one group pair at a time."""
+    """ugcml_terms written as the paper reads, one group and one group pair at a time (teacher head
+    m's block of ``teacher_feat`` labels group m; the two views of a crop are one crop)."""
     from stages.losses import ckd_pair, relaxed_contrastive, self_distillation, teacher_weights, view_positives
 
     n = len(batch_group)
-    sets = mixed_scale_sets(batch_group, len(heads), cfg.mix_share, generator)
+    g = len(heads)
+    sets = mixed_scale_sets(batch_group, g, cfg.mix_share, generator)
+    per_head = teacher_feat.shape[1] // cfg.teacher_dim > 1
     rc_h = rc_l = sd = torch.zeros(())
     ls = []
-    for head, rows in zip(heads, sets):
+    for m, (head, rows) in enumerate(zip(heads, sets)):
         h, l = head(feat[torch.cat([rows, rows + n])])
         ls.append(l)
         if len(rows) >= 2:
-            w = teacher_weights(
-                teacher_feat[torch.cat([rows, rows + n])], cfg.sigma, cfg.context_k, view_positives(len(rows), 2)
-            )
-            rc_h, rc_l, sd = (
-                rc_h + relaxed_contrastive(h, w, cfg.delta),
-                rc_l + relaxed_contrastive(l, w, cfg.delta),
-                sd + self_distillation(h, l),
-            )
+            block = teacher_feat[:, m * cfg.teacher_dim : (m + 1) * cfg.teacher_dim] if per_head else teacher_feat
+            t = block[torch.cat([rows, rows + n])]
+            w = teacher_weights(t, cfg.sigma, cfg.context_k, view_positives(len(rows), 2))
+            rc_h = rc_h + relaxed_contrastive(h, w, cfg.delta)
+            rc_l = rc_l + relaxed_contrastive(l, w, cfg.delta)
+            sd = sd + self_distillation(h, l)
     ckd = []
-    for a in range(len(sets)):
-        for b in range(a + 1, len(sets)):
+    for a in range(g):
+        for b in range(a + 1, g):
+            if cfg.ckd_rows == "all":  # every row through both heads
+                ckd.append(ckd_pair(heads[a].l(feat), heads[b].l(feat), centroids, cfg.ckd_tau))
+                continue
             pick = [[(s == c).nonzero().item() for c in sets[a] if c in sets[b]] for s in (sets[a], sets[b])]
             va, vb = (
                 torch.tensor(p + [i + len(s) for i in p], dtype=torch.long) for p, s in zip(pick, (sets[a], sets[b]))
             )
             ckd.append(ckd_pair(ls[a][va], ls[b][vb], centroids, cfg.ckd_tau))
-    return {"rc_h": rc_h, "rc_l": rc_l, "self_distill": sd, "ckd": torch.stack(ckd).mean() if ckd else torch.zeros(())}
+    scale = 1.0 / g if cfg.group_reduction == "mean" else 1.0
+    terms = {"rc_h": rc_h * scale, "rc_l": rc_l * scale, "self_distill": sd * scale}
+    terms["ckd"] = torch.stack(ckd).mean() if ckd else torch.zeros(())
+    rc_weight = 0.5 if cfg.group_reduction == "mean" else 1.0
+    terms["loss"] = rc_weight * (terms["rc_h"] + terms["rc_l"]) + terms["self_distill"] + terms["ckd"]
+    return terms
 
 
 @pytest.mark.parametrize(
     "groups",
     [[0, 0, 0, 1, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2, 2, 2, 2, 2, 2], [0] * 6, [0, 1, 1, 1, 2, 2], [1, 1, 1, 2, 2, 3]],
 )
-def test_batched_terms_equal_the_per_group_reference(groups):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ckd_rows": "all", "group_reduction": "mean", "teacher_heads": "per_group"},
+        {"ckd_rows": "shared", "group_reduction": "sum", "teacher_heads": "shared"},
+    ],
+)
+def test_batched_terms_equal_the_per_group_reference(groups, options):
     """The sets' losses computed at once (padded) equal the group-by-group computation, values and
     gradients, with sets of different sizes, a group of one crop and an empty group."""
     torch.manual_seed(0)
@@ -158,18 +187,21 @@ def test_batched_terms_equal_the_per_group_reference(groups):
     for hd in heads[1:]:  # heads that disagree
         torch.nn.init.normal_(hd.l.weight)
     feat = torch.randn(2 * len(groups), heads[0].h.in_features, requires_grad=True)
-    teacher_feat = torch.randn(2 * len(groups), 12)
-    cfg = CFG.model_copy(update={"mix_share": 0.5, "context_k": 3})
+    blocks = n_groups if options["teacher_heads"] == "per_group" else 1
+    teacher_feat = torch.randn(2 * len(groups), 12 * blocks)
+    cfg = CFG.model_copy(update={"mix_share": 0.5, "context_k": 3, "teacher_dim": 12, **options})
     centroids = torch.randn(5, 8)
     got = ugcml_terms(heads, feat, teacher_feat, batch_group, cfg, centroids, torch.Generator().manual_seed(1))
     ref = _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids, torch.Generator().manual_seed(1))
     for k, v in ref.items():
         assert got[k].item() == pytest.approx(v.item(), abs=1e-5), k
     params = [feat] + list(heads.parameters())
-    g_ref = torch.autograd.grad(sum(ref.values()), params, allow_unused=True)
+    g_ref = torch.autograd.grad(ref["loss"], params, allow_unused=True)
     for p, a, b in zip(params, torch.autograd.grad(got["loss"], params, allow_unused=True), g_ref):
         zero = torch.zeros_like(p)  # a head that no loss uses gets no gradient, or a zero one
         assert torch.allclose(zero if a is None else a, zero if b is None else b, atol=1e-5)
+    n_pairs = n_groups * (n_groups - 1) // 2
+    assert len(got["diagnostics"]) == 4 * n_groups + 2 * n_pairs  # per group: rc_h, rc_l, self_distill, set
 
 
 def test_mixed_scale_sets():
@@ -245,15 +277,20 @@ def test_cpu_runtime_is_fp32_uncompiled_single_process(monkeypatch):
 
 def test_ema_teacher_head_follows_the_mean_of_the_h_layers():
     student = build_student(DEFAULT_BACKBONE, 3, 8, 4, 32, pretrained=False)
-    teacher = TeacherModel(student)
+    teacher = TeacherModel(student, "shared")
+    per_group = TeacherModel(student, "per_group")
     with torch.no_grad():
         for hd in student.heads:
             hd.h.weight.normal_()
             hd.h.bias.normal_()
-    before = teacher.head.weight.clone()
+    before = teacher.heads[0].weight.clone()
+    before_m = [hd.weight.clone() for hd in per_group.heads]
     teacher.ema_update(student, 0.9)
+    per_group.ema_update(student, 0.9)
     mean = torch.stack([hd.h.weight for hd in student.heads]).mean(0)
-    assert torch.allclose(teacher.head.weight, 0.9 * before + 0.1 * mean, atol=1e-6)
+    assert torch.allclose(teacher.heads[0].weight, 0.9 * before + 0.1 * mean, atol=1e-6)
+    for m, hd in enumerate(student.heads):  # the authors' teacher: head m follows student head m
+        assert torch.allclose(per_group.heads[m].weight, 0.9 * before_m[m] + 0.1 * hd.h.weight, atol=1e-6)
     first = next(student.backbone.parameters())
     assert torch.allclose(next(teacher.backbone.parameters()), first, atol=1e-6)  # same start: the EMA stays
 
@@ -280,10 +317,10 @@ def test_fingerprint_ignores_how_the_trained_model_embeds():
     from stages.config import Params
     from stages.train import fingerprint
 
-    ids, x = np.arange(4), torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    ids = np.arange(4)
 
     def fp(**train):
-        return fingerprint(Params.model_validate({"train": train}), DEFAULT_BACKBONE, ids, x)
+        return fingerprint(Params.model_validate({"train": train}), DEFAULT_BACKBONE, ids, "data")
 
     assert fp(embed_head="first") == fp(embed_head="mean")  # switching heads resumes the finished run
     assert fp(lr=1e-3) != fp(lr=2e-3)
