@@ -15,11 +15,15 @@ repro: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # `test` also installs the optional Ray engine (tests/extract/test_ray_engine.py) and the Debian
-# package labelme-examples (real VOC photos with COCO and VOC annotations, read by tests/data;
-# never vendored).
+# packages labelme-examples (real VOC photos with COCO and VOC annotations, read by tests/data;
+# never vendored) and chromium + chromium-driver (the headless browser of tests/serve/test_browser.py;
+# no browser is downloaded).
+DEBIAN_TEST_PACKAGES := labelme-examples chromium chromium-driver
+
 test: install
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,ray]'
-	@dpkg -s labelme-examples >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq labelme-examples >/dev/null)
+	@dpkg -s $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1 || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) >/dev/null)
 	$(MAKE) lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
 

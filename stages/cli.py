@@ -1,4 +1,4 @@
-"""The command line: one command per DVC stage (as called by dvc.yaml), plus ``search``.
+"""The command line: one command per DVC stage (as called by dvc.yaml), plus ``search`` and ``serve``.
 
 Every stage command reads the validated parameters from ``--params`` (default params.yaml)
 and writes to the paths of :mod:`stages.layout`, relative to the current directory.
@@ -260,6 +260,60 @@ def search_cmd(
             typer.echo(f"wrote {out}")
 
     _run("search", params, _search)
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on. The default answers this machine only; 0.0.0.0 exposes the page to the network.",
+    ),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port to listen on."),
+    backbone: str = typer.Option(
+        None, "--backbone", "-B", help="Backbone the page opens with, one of params `backbones` (default: the first)."
+    ),
+    dataset: str = typer.Option(
+        None, "--dataset", "-d", help="Dataset the page opens with, one of params `datasets` (default: `train_on`)."
+    ),
+    k: int = typer.Option(10, "--k", "-k", min=1, max=100, help="Results per search ('more results' adds as many)."),
+    max_upload_mb: float = typer.Option(
+        20.0, "--max-upload-mb", min=0.01, help="Largest photo upload accepted, in MiB (larger: HTTP 413)."
+    ),
+    threads: int = typer.Option(
+        1, "--threads", min=1, help="torch and FAISS threads per query (1: best on a small or shared CPU)."
+    ),
+    params: Path = ParamsOption,
+) -> None:
+    """Serve a local search page over the built indexes (after `dvc repro`): http://127.0.0.1:8000/.
+
+    The page shows a grid of the dataset's gallery images; open one to see its extracted objects
+    outlined. Click an object, draw a box on any image, or upload a photo and draw a box: the
+    top-k most similar objects of the collection are listed with their crop, their image with
+    the box drawn and their distance ('more results' on demand). Switch backbone, dataset and the
+    trained / pretrained embedding among the params `backbones` x `datasets` with a built index;
+    the Metrics page shows metrics/<backbone>/<dataset>.json and the evaluate stage's pictures.
+
+    Safety: listens on 127.0.0.1 unless --host says otherwise; serves images by id from the
+    dataset's own table only; uploads are limited to --max-upload-mb; the index is only read.
+    Each model and FAISS index is loaded once, on first use (the opening selection at start-up).
+    Params: index.* (search knobs), extract.crop_size. Ctrl+C stops the server.
+    """
+    from stages.serve import run
+
+    def _serve(p) -> None:
+        run(
+            p,
+            host=host,
+            port=port,
+            backbone=backbone,
+            dataset=dataset,
+            k=k,
+            max_upload_mb=max_upload_mb,
+            threads=threads,
+        )
+
+    _run("serve", params, _serve)
 
 
 @app.command("params")

@@ -82,3 +82,19 @@ def test_unknown_backbone_name_is_a_message(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     res = runner.invoke(app, ["train", "--backbone", "resnet"])
     assert res.exit_code == 2 and "is not in params backbones" in res.output
+
+
+def test_serve_help_is_complete():
+    res = runner.invoke(app, ["serve", "--help"])
+    assert res.exit_code == 0
+    for option in ("--host", "--port", "--backbone", "--dataset", "--params", "--max-upload-mb", "--k"):
+        assert option in res.output
+    assert "127.0.0.1" in res.output and "Params:" in res.output
+
+
+def test_serve_without_an_index_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    res = runner.invoke(app, ["serve", "--port", "1"])
+    assert res.exit_code == 2 and "no built index" in res.output and "dvc repro" in res.output
+    assert "Traceback" not in res.output
