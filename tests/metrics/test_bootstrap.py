@@ -68,3 +68,28 @@ def test_paired_interval_is_narrower_than_unpaired_on_correlated_queries():
     paired = paired_bootstrap(a, b, 1000, seed=0)
     lo_a, hi_a = bootstrap_ci(a, 1000, seed=0)
     assert paired["separated"] and (paired["high"] - paired["low"]) < (hi_a - lo_a) / 5
+
+
+def test_methods_benchmark_compares_every_pair_on_the_same_queries():
+    import importlib.util
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "methods.py"
+    spec = importlib.util.spec_from_file_location("methods_benchmark", path)
+    methods = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(methods)
+    rng = np.random.default_rng(0)
+    base = rng.random(1500)
+    q = np.arange(1500)
+
+    def table(shift):
+        return pd.DataFrame({"query": q, **{m: np.clip(base + shift, 0, 1) for m in methods.HEADLINE}})
+
+    got = methods.paired_comparisons({"ntxent": table(0.05), "stml": table(0.0), "none": table(0.0)}, seed=0)
+    assert got["ntxent_vs_stml_s0_O-mAP_separated"] and not got["stml_vs_none_s0_O-mAP_separated"]
+    assert got["ntxent_vs_stml_s0_O-R@1_diff"] > 0 and len(got["ntxent_vs_none_s0_I-mAP_ci95"]) == 2
+    assert {k.split("_s0_")[0] for k in got} == {"ntxent_vs_stml", "ntxent_vs_none", "stml_vs_none"}
+    with pytest.raises(ValueError, match="same queries"):
+        methods.paired_comparisons({"a": table(0), "b": table(0).iloc[::-1].reset_index(drop=True)}, seed=0)
