@@ -17,6 +17,10 @@ def _metrics(queries, values, pretrained):
     }
 
 
+def _params(datasets):
+    return Params.model_validate({"datasets": datasets, "train_on": "synthetic", "backbones": ["resnet50"]})
+
+
 def test_summary_stage_means_over_datasets(tmp_path, monkeypatch):
     from stages import summary
 
@@ -26,7 +30,7 @@ def test_summary_stage_means_over_datasets(tmp_path, monkeypatch):
     # 1,000 queries vs 10: the mean is still unweighted (UnED's mean over domains)
     (folder / "synthetic.json").write_text(json.dumps(_metrics(1000, [80, 60, 90, 70], [50, 40, 60, 45])))
     (folder / "lvis.json").write_text(json.dumps(_metrics(10, [40, None, 50, 30], [20, 10, 30, 15])))
-    params = Params.model_validate({"datasets": ["synthetic", "lvis"], "train_on": "synthetic", "backbones": ["resnet50"]})
+    params = _params(["synthetic", "lvis"])
     summary.run(declared_view(params, summary.PARAMS), "resnet50")
     got = json.loads((tmp_path / "metrics" / "summary" / "resnet50.json").read_text())
     assert got["datasets"] == ["synthetic", "lvis"]
@@ -34,6 +38,6 @@ def test_summary_stage_means_over_datasets(tmp_path, monkeypatch):
     assert got["pretrained"]["mean"]["O-R@1"] == 35.0 and got["model"]["lvis"]["queries"] == 10
     image = cv2.imread(str(tmp_path / "metrics" / "summary" / "resnet50.png"))
     assert image is not None and image.shape[1] > 800
-    params = Params.model_validate({"datasets": ["synthetic", "coco_voc"], "train_on": "synthetic", "backbones": ["resnet50"]})
+    params = _params(["synthetic", "coco_voc"])
     with pytest.raises(MissingInputError, match="coco_voc.json"):
         summary.run(declared_view(params, summary.PARAMS), "resnet50")
