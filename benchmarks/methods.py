@@ -12,6 +12,12 @@ groups: 8 queries / 4 heads = 2 queries), ms_ugcml (4 groups, the default), ms_u
 ms_ugcml_nockd (CKD weight 0). Every ms_ugcml model is also embedded with its first head
 (``<config>_first``) without retraining: the train stage resumes the finished run.
 
+Every pair of runs of the same seed (the untrained backbone included) is compared on the same
+queries with a paired bootstrap (stages.metrics.bootstrap.paired_bootstrap, 1,000 resamples,
+seeded) of the per-query values the evaluate stage writes (``per_query.parquet``): keys
+``<a>_vs_<b>_s<seed>_<metric>_diff`` (a - b, points), ``..._ci95`` ([low, high]) and
+``..._separated`` (true when 0 lies outside the interval), and a second table.
+
     python benchmarks/methods.py                                     # the default configs, seed 0
     python benchmarks/methods.py --configs stml ms_ugcml --seeds 0 1 2
     python benchmarks/methods.py --configs stml ms_ugcml --steps 600 --queries 16 --tag _long
@@ -28,12 +34,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from stages.metrics.bootstrap import paired_bootstrap  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
 HEADLINE = ("O-R@1", "O-mAP", "O-mAP_std", "I-R@1", "I-mAP")
 SUBSETS = ("all", "size_0-20")
+PAIRED = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")  # the per-query values the evaluate stage writes
+RESAMPLES = 1000
 # config -> (train.* overrides, top-level overrides)
 CONFIGS: dict[str, tuple[dict, dict]] = {
     "ntxent": ({"method": "ntxent"}, {}),
@@ -98,12 +110,45 @@ def run_config(name: str, seed: int, base: dict, extra: dict, tag: str = "") -> 
     metrics_file = folder / "metrics" / backbone / f"{dataset}.json"
     out = {f"{name}{tag}": json.loads(metrics_file.read_text())}
     out[f"{name}{tag}"]["seconds"] = round(time.perf_counter() - t0, 1)
+    out[f"{name}{tag}"]["runs"] = per_query_runs(folder, backbone, dataset, f"{name}{tag}", "none")
     if params["train"]["method"] == "ms_ugcml" and params["groups"] > 1:  # the same model, first head
         params["train"]["embed_head"] = "first"
         _write_params(folder, params)
         _stages(folder, ("train", "index", "evaluate"))  # train resumes the finished run
         out[f"{name}_first{tag}"] = json.loads(metrics_file.read_text())
+        out[f"{name}_first{tag}"]["runs"] = per_query_runs(folder, backbone, dataset, f"{name}_first{tag}", "none")
     return out
+
+
+def paired_comparisons(runs: dict[str, pd.DataFrame], seed: int, metrics=PAIRED) -> dict:
+    """Every pair of ``runs`` of one seed (name -> per-query table with a column per metric, same
+    query rows): ``{"<a>_vs_<b>_s<seed>_<metric>_diff": points, ..._ci95: [low, high],
+    ..._separated: bool}``, the bootstrap seeded by ``seed``."""
+    names = list(runs)
+    out: dict = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if not runs[a]["query"].equals(runs[b]["query"]):
+                raise ValueError(f"{a} and {b} were not scored on the same queries")
+            for metric in metrics:
+                got = paired_bootstrap(runs[a][metric] * 100.0, runs[b][metric] * 100.0, RESAMPLES, seed)
+                if got is None:
+                    continue
+                key = f"{a}_vs_{b}_s{seed}_{metric}"
+                out[f"{key}_diff"] = round(got["diff"], 4)
+                out[f"{key}_ci95"] = [round(got["low"], 4), round(got["high"], 4)]
+                out[f"{key}_separated"] = got["separated"]
+    return out
+
+
+def per_query_runs(folder: Path, backbone: str, dataset: str, name: str, baseline: str) -> dict[str, pd.DataFrame]:
+    """The trained model's and the untrained backbone's per-query tables of one run folder."""
+    table = pd.read_parquet(folder / "metrics" / backbone / dataset / "per_query.parquet")
+    runs = {}
+    for who, embedding in ((name, "model"), (baseline, "pretrained")):
+        columns = {f"{embedding}.{m}": m for m in PAIRED}
+        runs[who] = table[["query", *columns]].rename(columns=columns)
+    return runs
 
 
 def summary_rows(result: dict, names: list[str], seeds: list[int]) -> list[str]:
@@ -139,9 +184,15 @@ def main() -> None:
     extra |= {k: v for k, v in (("steps", args.steps), ("queries", args.queries)) if v is not None}
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     names: list[str] = []
+    compared: dict = {}
+    pairs: list[tuple[str, int]] = []
     for seed in args.seeds:
+        per_query: dict[str, pd.DataFrame] = {}
         for config in args.configs:
             for name, m in run_config(config, seed, base, extra, args.tag).items():
+                runs = m.pop("runs")
+                per_query[name] = runs[name]
+                per_query.setdefault("none", runs["none"])
                 for who, key_name in ((m["model"], f"{name}_s{seed}"), (m["pretrained"], f"none_s{seed}")):
                     for subset in SUBSETS:
                         for key in HEADLINE:
@@ -151,6 +202,10 @@ def main() -> None:
                     result[f"{name}_s{seed}_seconds"] = m["seconds"]
                 names += [name] if name not in names else []
                 result["queries"], result["gallery"] = m["model"]["all"]["queries"], m["gallery"]
+        compared |= paired_comparisons(per_query, seed)
+        listed = list(per_query)
+        pairs += [(f"{a}_vs_{b}", seed) for i, a in enumerate(listed) for b in listed[i + 1 :]]
+    result |= compared
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(dict(sorted(result.items())), indent=2) + "\n")
     head = [f"{k}" for k in HEADLINE] + [f"small {k}" for k in HEADLINE]
@@ -158,6 +213,19 @@ def main() -> None:
     print("|---|" + "---|" * len(head))
     for row in summary_rows(result, ["none", *names], args.seeds):
         print(row)
+    print("\n| pair (a - b, paired 95% bootstrap) | " + " | ".join(PAIRED) + " |")
+    print("|---|" + "---|" * len(PAIRED))
+    for a_b, seed in pairs:
+        cells = []
+        for metric in PAIRED:
+            key = f"{a_b}_s{seed}_{metric}"
+            if f"{key}_diff" in compared:
+                low, high = compared[f"{key}_ci95"]
+                mark = " **outside**" if compared[f"{key}_separated"] else ""
+                cells.append(f"{compared[f'{key}_diff']:+.2f} [{low:+.2f}, {high:+.2f}]{mark}")
+            else:
+                cells.append("-")
+        print(f"| {a_b} (seed {seed}) | " + " | ".join(cells) + " |")
     print(f"wrote {RESULTS}")
 
 

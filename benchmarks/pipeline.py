@@ -21,7 +21,7 @@ from pathlib import Path
 from stages.config import load_params
 from stages.layout import model_dir, objects_dir
 
-STAGES = ("data", "extract", "splits", "groups", "train", "index", "evaluate")
+STAGES = ("data", "extract", "splits", "groups", "train", "index", "evaluate", "summary")
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 
 

@@ -19,7 +19,7 @@ from stages.errors import UserError
 app = typer.Typer(
     help=(
         "General object retrieval with MS-UGCML: a DVC pipeline from images to retrieval metrics.\n\n"
-        "Stages, in DAG order: [scan ->] data -> extract -> splits -> groups -> train -> index -> evaluate. "
+        "Stages, in DAG order: [scan ->] data -> extract -> splits -> groups -> train -> index -> evaluate -> summary. "
         "Run them all with `dvc repro`; each command here runs one stage with the parameters of "
         "params.yaml. Set STAGES_DEBUG=1 to see full tracebacks."
     ),
@@ -211,6 +211,18 @@ def evaluate(backbone: str = BackboneOption, dataset: str = DatasetOption, param
     from stages.evaluate import PARAMS, run
 
     _run_stage("evaluate", params, PARAMS, run, backbone=backbone, dataset=dataset)
+
+
+@app.command()
+def summary(backbone: str = BackboneOption, params: Path = ParamsOption) -> None:
+    """The mean over the evaluated datasets of R@1 and mMP@5: metrics/summary/<backbone>.json (+ .png).
+
+    Params: datasets. Reads metrics/<backbone>/<dataset>.json of every dataset in `datasets`
+    (the universal-embedding benchmark's summary: an unweighted mean of per-dataset values).
+    """
+    from stages.summary import PARAMS, run
+
+    _run_stage("summary", params, PARAMS, run, backbone=backbone)
 
 
 @app.command("search")

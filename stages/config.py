@@ -409,7 +409,21 @@ class IndexParams(_Strict):
 
 class EvaluateParams(_Strict):
     object_iou: float = Field(0.3, gt=0, le=1, description="object-level relevance IoU threshold")
-    topk: int = Field(100, ge=1, description="length of the returned list per query")
+    topk: int = Field(100, ge=1, description="list length of the truncated mAP, key mAP@<topk> (mAP over the top 100)")
+    map_list: int | None = Field(
+        36000,
+        ge=1,
+        description="list length of the headline mAP, min(map_list, gallery): the authors' COCO-VOC list is "
+        "36,000 (2000 per 48,000-object gallery chunk); null: the whole gallery",
+    )
+    labelling: Literal["max_iou", "multi_label"] = Field(
+        "max_iou",
+        description="gallery labels: max_iou = the one class of the GT box a gallery object overlaps most "
+        "(the authors'; ties: the GT box listed first); multi_label = every class with a passing box",
+    )
+    bootstrap: int = Field(
+        1000, ge=0, description="resamples of the 95% bootstrap intervals over queries (seeded by seed); 0: none"
+    )
     exclude_same_image: bool = Field(True, description="drop gallery objects of the query's own image (paper: false)")
     query_chunk: int = Field(4096, ge=1, description="queries searched and scored per chunk (bounds memory)")
     examples: int = Field(

@@ -11,7 +11,9 @@ DVC ``matrix`` stages in dvc.yaml)::
     models/<backbone>/           model.pt, checkpoint.pt, train_log.tsv, params.json
     index/<backbone>/<dataset>/  FAISS gallery indexes and query embeddings
     metrics/<backbone>/<dataset>.json   retrieval metrics (committed, cache: false)
-    metrics/<backbone>/<dataset>/       their pictures (per-size bars, retrieval examples)
+    metrics/<backbone>/<dataset>/       their pictures (per-size bars, PR curves, retrieval examples)
+                                        and per_query.parquet (DVC-cached, not in git)
+    metrics/summary/<backbone>.json     the mean over the evaluated datasets (committed) + .png
 """
 
 from pathlib import Path
@@ -76,3 +78,13 @@ def source_file(dataset: str) -> Path:
 def embedding_cache(backbone: str, dataset: str) -> Path:
     """Embeddings of the last index run of one backbone on one dataset (reused when unchanged)."""
     return EMBEDDING_CACHE / backbone / dataset
+
+
+def per_query_file(backbone: str, dataset: str) -> Path:
+    """Per-query metric values of one evaluation (for paired comparisons of runs)."""
+    return plots_dir(backbone, dataset) / "per_query.parquet"
+
+
+def summary_file(backbone: str) -> Path:
+    """The mean over the evaluated datasets of one backbone's metrics (universal-embedding summary)."""
+    return METRICS / "summary" / f"{backbone}.json"

@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 from stages.cli import app
 
 runner = CliRunner()
-STAGE_COMMANDS = ("scan", "data", "extract", "splits", "groups", "train", "index", "evaluate")
+STAGE_COMMANDS = ("scan", "data", "extract", "splits", "groups", "train", "index", "evaluate", "summary")
 
 
 def test_help_lists_every_stage():

@@ -5,7 +5,8 @@ A dataset without any ground-truth box (a photo folder) cannot be scored: its me
 message, so the DAG still runs end to end.
 
 Object level: a returned gallery object is relevant when its IoU with a ground-truth box of the
-query's class is >= ``evaluate.object_iou`` (0.3); image level: any overlap (paper V-A).
+query's class is >= ``evaluate.object_iou`` (0.3); image level: any overlap (paper V-A); under
+``evaluate.labelling: max_iou`` only the box it overlaps most counts.
 Reported for all / known / unknown query classes of the configured task and for the paper's
 query-size buckets (Tables III-IV), for the trained model and for the same backbone without
 training (``pretrained``).  The protocol is :func:`stages.evaluate.protocol.evaluate_index`
@@ -19,7 +20,7 @@ import json
 import logging
 
 from stages import layout
-from stages.atomic import write_json
+from stages.atomic import write_json, write_parquet
 from stages.config import Params
 from stages.errors import MissingInputError
 from stages.evaluate.plots import write_pictures
@@ -60,11 +61,16 @@ def run(params: Params, backbone: str, dataset: str) -> None:
     )
     metrics = evaluation.metrics
     write_json(layout.metrics_file(backbone, dataset), metrics)
+    layout.plots_dir(backbone, dataset).mkdir(parents=True, exist_ok=True)
+    write_parquet(layout.per_query_file(backbone, dataset), evaluation.per_query)
     write_pictures(evaluation, test, layout.plots_dir(backbone, dataset), params.extract.crop_size)
     m, p = metrics["model"]["all"], metrics["pretrained"]["all"]
     log.info(
-        "evaluate: O-R@1 %.2f (pretrained %.2f), O-mAP %.2f (%.2f), I-R@1 %.2f (%.2f), I-mAP %.2f (%.2f)",
-        *(v for key in ("O-R@1", "O-mAP", "I-R@1", "I-mAP") for v in (m[key], p[key])),
+        "evaluate (%d queries, list of %d): O-R@1 %.2f (pretrained %.2f), O-mAP %.2f (%.2f), "
+        "I-R@1 %.2f (%.2f), I-mAP %.2f (%.2f)",
+        metrics["queries"],
+        metrics["map_list"],
+        *(v for key in ("O-R@1", "O-mAP", "I-R@1", "I-mAP") for v in (m[key] or 0.0, p[key] or 0.0)),
     )
 
 

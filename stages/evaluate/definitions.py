@@ -9,7 +9,20 @@ import numpy as np
 import pandas as pd
 
 LEVELS = ("O", "I")  # object level (IoU >= evaluate.object_iou), image level (any overlap)
+# Per level: R@k and mMP@5 on the first ranks, mAP and mAP_std over the long list (evaluate.map_list),
+# mAP@<topk> over the first evaluate.topk items (see level_metrics).
 HEADLINE = ("R@1", "R@5", "R@10", "mAP", "mAP_std", "mMP@5")
+OWN_IMAGE = "MRR_own_image"  # image level only: the authors' I-mAP (reciprocal rank of the query's own image)
+DIAGNOSTICS = ("SGA", "pos_sim", "neg_sim", "sim_gap")  # Learn-and-Search, keys LS-<name>
+SIMILARITIES = ("pos_sim", "neg_sim", "sim_gap")  # cosine similarities, reported as they are (not percent)
+# keys with a 95 % bootstrap interval (<key>_ci95: [low, high]): the paper's four columns (Table II)
+# and the authors' own-image I-mAP
+CI_KEYS = ("O-R@1", "O-mAP", "I-R@1", "I-mAP", f"I-{OWN_IMAGE}")
+CI_LEVEL = 0.95
+# known / unknown as the authors' tables count them: the subset's sum over ALL queries (known + unknown = all)
+OVER_ALL = {"known_over_all": "known", "unknown_over_all": "unknown"}
+# largest [queries, list] ranking held at once: the query chunk shrinks for long lists (memory bound)
+MAX_CHUNK_ENTRIES = 1 << 22
 # Query-size buckets of the paper's Tables III-IV, by sqrt(box area) in pixels.
 SIZE_BUCKETS = {
     "size_0-20": (0, 20),
@@ -19,6 +32,13 @@ SIZE_BUCKETS = {
     "size_100+": (100, np.inf),
 }
 BUCKET_COLUMNS = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")  # the per-bucket table and bars
+PR_SUBSETS = ("all", *SIZE_BUCKETS)  # the precision-recall curves (object level)
+
+
+def level_metrics(level: str, topk: int) -> tuple[str, ...]:
+    """The metric names of one level in the metrics JSON (``<level>-<name>``), in order."""
+    names = ("R@1", "R@5", "R@10", "mAP", f"mAP@{int(topk)}", "mAP_std", "mMP@5")
+    return (*names, OWN_IMAGE) if level == "I" else names
 
 
 def known_category_ids(categories: pd.DataFrame, tasks: dict) -> np.ndarray:

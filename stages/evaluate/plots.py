@@ -3,6 +3,10 @@
 * ``buckets.csv``: one row per query-size bucket of the trained model (bucket, queries, O-R@1,
   O-mAP, I-R@1, I-mAP) -- a DVC plot (``bar_horizontal``), so ``dvc plots diff`` compares runs;
   ``buckets.png``: the same bars for the trained model next to the untrained backbone.
+* ``pr/<subset>.csv``: the object-level precision-recall curve (mean interpolated precision at
+  recall 0, 0.05, ..., 1) of all queries and of each size bucket, trained model (``precision``)
+  and untrained backbone (``pretrained``) -- a DVC plot (x recall, y precision), one per subset;
+  ``pr.png``: the six curves, the trained model next to the untrained backbone.
 * ``examples.png``: a few queries (seeded, spread over the size buckets) and their top-5 gallery
   objects, each drawn on its image, green when relevant (object level), red when not.
 """
@@ -18,8 +22,9 @@ from matplotlib.patches import Rectangle
 
 from stages.atomic import atomic_path, save_figure
 from stages.crops import crop_boxes, read_image
-from stages.evaluate.definitions import BUCKET_COLUMNS, SIZE_BUCKETS
+from stages.evaluate.definitions import BUCKET_COLUMNS, PR_SUBSETS, SIZE_BUCKETS
 from stages.evaluate.protocol import Evaluation
+from stages.metrics.retrieval import PR_LEVELS
 from stages.shards import BOX_COLUMNS
 from stages.tables import ImageTable
 
@@ -65,7 +70,7 @@ def write_bucket_plots(metrics: dict, plots_dir: Path) -> None:
             ax.bar_label(
                 bars, labels=["no query" if np.isnan(v) else f"{v:.1f}" for v in values], fontsize=8, padding=2
             )
-        ax.set_title(key + (" (paper mAP)" if key == "O-mAP" else ""))
+        ax.set_title(key + (f" (paper mAP, list of {metrics.get('map_list', '?')})" if key == "O-mAP" else ""))
         ax.set_xlim(0, 110)
         ax.set_xlabel("%")
         ax.grid(axis="x", alpha=0.3)
@@ -135,9 +140,69 @@ def write_examples_sheet(
     _save(fig, path)
 
 
+def pr_table(pr: dict, subset: str) -> pd.DataFrame:
+    """One subset's curve: recall, precision (trained model) and pretrained (untrained backbone)."""
+    table = pd.DataFrame({"recall": np.round(PR_LEVELS, 4)})
+    for column, name in (("precision", "model"), ("pretrained", "pretrained")):
+        if name in pr:
+            table[column] = pd.array(pr[name][subset], dtype="Float64")
+    return table
+
+
+def write_pr_plots(pr: dict, metrics: dict, plots_dir: Path) -> None:
+    """``pr/<subset>.csv`` per subset of :data:`PR_SUBSETS` and ``pr.png`` (model vs pretrained)."""
+    folder = Path(plots_dir) / "pr"
+    folder.mkdir(parents=True, exist_ok=True)
+    for subset in PR_SUBSETS:
+        with atomic_path(folder / f"{subset}.csv") as tmp:
+            pr_table(pr, subset).to_csv(tmp, index=False)
+    fig = Figure(figsize=(11, 6.6))
+    axes = fig.subplots(2, 3, sharex=True, sharey=True)
+    for ax, subset in zip(axes.ravel(), PR_SUBSETS):
+        table = pr_table(pr, subset)
+        for column, name, style in (("precision", "model", "-"), ("pretrained", "pretrained", "--")):
+            if column in table and table[column].notna().any():
+                ap = metrics.get(name, {}).get(subset, {}).get("O-mAP_std")
+                who = "trained model" if name == "model" else "untrained backbone"
+                colour = "#4575b4" if name == "model" else "#888888"
+                ax.plot(
+                    table["recall"],
+                    table[column].astype(float),
+                    style,
+                    color=colour,
+                    marker=".",
+                    label=f"{who} (standard AP {_fmt(ap)})",
+                )
+        label = "all queries" if subset == "all" else f"{subset.removeprefix('size_')} px"
+        ax.set_title(f"{label}, {metrics.get('model', {}).get(subset, {}).get('queries', 0)} queries", fontsize=9)
+        if table.drop(columns="recall").notna().any().any():
+            ax.legend(loc="upper right", fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no query", ha="center", va="center", transform=ax.transAxes, color="#888888")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("recall (share of the relevant gallery objects)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("interpolated precision")
+    fig.suptitle(
+        "Object-level precision-recall by query size (sqrt area): mean interpolated precision over queries, "
+        f"list of {metrics.get('map_list', '?')} of {metrics.get('gallery', '?')} objects",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, Path(plots_dir) / "pr.png")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def write_pictures(evaluation: Evaluation, test: ImageTable, plots_dir: Path, crop_size: int) -> None:
-    """Every picture of one evaluation into ``plots_dir``: buckets.csv, buckets.png, examples.png."""
+    """Every picture of one evaluation into ``plots_dir``: buckets.csv/png, pr/*.csv + pr.png, examples.png."""
     write_bucket_plots(evaluation.metrics, plots_dir)
+    write_pr_plots(evaluation.pr, evaluation.metrics, plots_dir)
     names = dict(zip(test.categories["category_id"], test.categories["name"]))
     data = evaluation.data
     write_examples_sheet(

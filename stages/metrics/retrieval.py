@@ -19,7 +19,11 @@ __all__ = [
     "ap_standard",
     "precision_at_k",
     "mp_at_k",
+    "reciprocal_rank",
+    "interpolated_precision",
+    "PR_LEVELS",
     "per_query_metrics",
+    "percent_of_all",
     "summarize_per_query",
     "summarize",
 ]
@@ -87,13 +91,60 @@ def precision_at_k(rel: np.ndarray, k: int) -> np.ndarray:
 
 
 def mp_at_k(rel: np.ndarray, n_relevant_total: np.ndarray, k: int) -> np.ndarray:
-    """Modified precision@k: hits in the top ``k`` over min(k, #relevant in gallery); NaN where that is 0."""
+    """Modified precision@k: hits in the first min(k, n) ranks over min(k, n), n = #relevant in the
+    gallery; NaN where n is 0."""
     rel = _as_rel(rel)
     total = _as_total(n_relevant_total, rel.shape[0])
     k = _check_k(k)
     denom = np.minimum(k, total)
-    # seed 003 (universal image embedding paper): mMP@k = mean_q #relevant in top k / min(k, #relevant of q)
-    return np.where(denom > 0, rel[:, :k].sum(axis=1) / np.maximum(denom, 1), np.nan)
+    if rel.shape[1] == 0:
+        return np.where(denom > 0, 0.0, np.nan)
+    hits = np.cumsum(rel[:, :k], axis=1)
+    upto = np.take_along_axis(hits, np.clip(denom - 1, 0, hits.shape[1] - 1)[:, None], axis=1)[:, 0]
+    # seed 003 (UnED, compute_knn_metrics): mMP@k = mean_q #relevant in the first min(k, n_q) ranks / min(k, n_q)
+    return np.where(denom > 0, upto / np.maximum(denom, 1), np.nan)
+
+
+def reciprocal_rank(hit: np.ndarray) -> np.ndarray:
+    """1 / (1-based rank of the first true item) per query; 0 where the list holds none."""
+    hit = _as_rel(hit)
+    first = np.argmax(hit, axis=1)
+    # MS-GCML utils.calc_img_mAP: AP_q = 1 / rank of the first gallery object of the query's own image, 0 if absent
+    return np.where(hit.any(axis=1), 1.0 / (first + 1.0), 0.0)
+
+
+#: recall levels of the interpolated precision-recall curve (0, 0.05, ..., 1)
+PR_LEVELS = np.linspace(0.0, 1.0, 21)
+
+
+def interpolated_precision(
+    rel: np.ndarray, n_relevant_total: np.ndarray, levels: Sequence[float] = PR_LEVELS
+) -> np.ndarray:
+    """Interpolated precision ``[Q, R]`` at each recall level: the highest precision at any rank whose
+    recall (hits / #relevant in the gallery) is >= the level; 0 where the list never reaches it,
+    NaN for a query with nothing relevant in the gallery."""
+    rel = _as_rel(rel)
+    total = _as_total(n_relevant_total, rel.shape[0])
+    levels = np.asarray(levels, dtype=np.float64)
+    n_q, n_k = rel.shape
+    out = np.full((n_q, levels.shape[0]), np.nan)
+    if n_k == 0:
+        out[total > 0] = 0.0
+        return out
+    hits = np.cumsum(rel, axis=1, dtype=np.int64)
+    precision = hits / np.arange(1, n_k + 1, dtype=np.float64)
+    best_after = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # max precision at rank >= r
+    # first rank whose hit count reaches ceil(level * n): one searchsorted over rows laid end to end
+    need = np.maximum(np.ceil(levels[None, :] * total[:, None] - 1e-9), 1).astype(np.int64)  # [Q, R]
+    offset = np.arange(n_q, dtype=np.int64)[:, None] * (n_k + 1)
+    flat = (hits + offset).ravel()
+    rank = np.searchsorted(flat, (need + offset).ravel(), side="left").reshape(n_q, -1) - offset // (n_k + 1) * n_k
+    reached = (need <= hits[:, -1:]) & (rank < n_k)
+    value = np.take_along_axis(best_after, np.clip(rank, 0, n_k - 1), axis=1)
+    # VOC 11-point style interpolation: p_interp(r) = max_{r' >= r} p(r') (Everingham et al. 2010, eq. 1)
+    out[:] = np.where(reached, value, 0.0)
+    out[total <= 0] = np.nan
+    return out
 
 
 def _percent(values: np.ndarray) -> float | None:
@@ -104,23 +155,51 @@ def _percent(values: np.ndarray) -> float | None:
     return round(float(values.mean()) * 100.0, 4)
 
 
-def metric_keys(ks: Sequence[int] = (1, 5, 10), mp_k: int = 5) -> list[str]:
+def metric_keys(ks: Sequence[int] = (1, 5, 10), mp_k: int = 5, short: int | None = None) -> list[str]:
     """The metric keys of one :func:`summarize` entry, in order (besides the counts)."""
-    return [f"R@{int(k)}" for k in ks] + ["mAP", "mAP_std", f"P@{mp_k}", f"mMP@{mp_k}"]
+    return (
+        [f"R@{int(k)}" for k in ks]
+        + ["mAP"]
+        + ([f"mAP@{int(short)}"] if short else [])
+        + ["mAP_std", f"P@{mp_k}", f"mMP@{mp_k}"]
+    )
 
 
 def per_query_metrics(
-    rel: np.ndarray, n_relevant_total: np.ndarray, ks: Sequence[int] = (1, 5, 10), mp_k: int = 5
+    rel: np.ndarray,
+    n_relevant_total: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    mp_k: int = 5,
+    short: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every metric of :func:`metric_keys` per query (fractions in [0, 1], NaN where undefined)."""
+    """Every metric of :func:`metric_keys` per query (fractions in [0, 1], NaN where undefined).
+
+    ``mAP`` and ``mAP_std`` score the whole list ``rel``; ``mAP@<short>`` its first ``short`` items.
+    """
     rel = _as_rel(rel)
     total = _as_total(n_relevant_total, rel.shape[0])
     per_query: dict[str, np.ndarray] = {f"R@{int(k)}": recall_at_k(rel, k) for k in ks}
     per_query["mAP"] = ap_truncated(rel)
+    if short:
+        per_query[f"mAP@{int(short)}"] = ap_truncated(rel[:, : int(short)])
     per_query["mAP_std"] = ap_standard(rel, total)
     per_query[f"P@{mp_k}"] = precision_at_k(rel, mp_k)
     per_query[f"mMP@{mp_k}"] = mp_at_k(rel, total, mp_k)
     return per_query
+
+
+def percent_of_all(values: np.ndarray, mask: np.ndarray) -> float | None:
+    """Sum of a subset's per-query values over the number of ALL queries with a value, in percent.
+
+    The authors' known / unknown Recall@k (MS-GCML utils.calc_recall_at_k): the subset's hits divided
+    by every query of the evaluation, so that known + unknown = all.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    mask = np.asarray(mask, dtype=bool).reshape(-1)
+    finite = ~np.isnan(values)
+    if not finite.any():
+        return None
+    return round(float(values[mask & finite].sum() / finite.sum()) * 100.0, 4)
 
 
 def summarize_per_query(

@@ -76,7 +76,11 @@ def test_repro_runs_the_dag_then_is_a_no_op(repo):
     assert (repo / "data/groups/area_hist.png").stat().st_size > 1000
     again = sh(repo, "dvc", "repro")
     assert "didn't change" in again or "up to date" in again
-    for stage in ("data@", "extract@", "splits", "groups", "train@", "index@", "evaluate@"):
+    summary = json.loads((repo / "metrics/summary/efficientnet_lite0.json").read_text())
+    assert summary["datasets"] == ["synthetic"]
+    assert summary["model"]["mean"]["O-R@1"] == metrics["model"]["all"]["O-R@1"]
+    assert (repo / "metrics/efficientnet_lite0/synthetic/pr/size_0-20.csv").exists()
+    for stage in ("data@", "extract@", "splits", "groups", "train@", "index@", "evaluate@", "summary@"):
         assert f"Running stage '{stage}" not in again
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "baseline run")
@@ -176,9 +180,10 @@ def test_second_backbone_adds_only_its_own_stages(repo):
     """A timm backbone (``timm-<model>``, a name DVC accepts in stage names) through the matrix."""
     other = "timm-resnet18"  # init: none in tiny_params.yaml (no weights file needed)
     out = sh(repo, "dvc", "exp", "run", "-S", f"backbones=[efficientnet_lite0,{other}]")
-    for stage in (f"train@{other}", f"index@{other}-synthetic", f"evaluate@{other}-synthetic"):
+    for stage in (f"train@{other}", f"index@{other}-synthetic", f"evaluate@{other}-synthetic", f"summary@{other}"):
         assert f"Running stage '{stage}'" in out
-    for stage in ("data@", "extract@", "splits", "groups", "train@efficientnet_lite0", "evaluate@efficientnet_lite0"):
+    mine = ("train@efficientnet_lite0", "evaluate@efficientnet_lite0", "summary@efficientnet_lite0")
+    for stage in ("data@", "extract@", "splits", "groups", *mine):
         assert f"Running stage '{stage}" not in out
     metrics = json.loads((repo / f"metrics/{other}/synthetic.json").read_text())
     assert metrics["backbone"] == other and 0 <= metrics["model"]["all"]["O-R@1"] <= 100

@@ -9,11 +9,13 @@ import pandas as pd
 import pytest
 
 from stages.config import Params
-from stages.evaluate.definitions import HEADLINE, SIZE_BUCKETS, choose_examples, known_category_ids, query_masks
+from stages.evaluate.definitions import SIZE_BUCKETS, choose_examples, known_category_ids, query_masks
 from stages.evaluate.plots import write_pictures
-from stages.evaluate.protocol import QuerySet, SearchPlan, break_ties, evaluate_index, ground_truth
-from stages.metrics.relevance import ANY_OVERLAP, relevance_matrix, relevant_classes
-from stages.metrics.retrieval import summarize
+from stages.evaluate.protocol import QuerySet, Scores, SearchPlan, break_ties, evaluate_index, ground_truth
+from stages.evaluate.protocol import summarize as summarize_scores
+from stages.metrics.diagnostics import grid_hits, mean_similarity
+from stages.metrics.relevance import ANY_OVERLAP, drop_same_image, gallery_labels, own_image_hits, relevance_matrix
+from stages.metrics.retrieval import interpolated_precision, per_query_metrics, reciprocal_rank
 from stages.tables import ImageTable
 
 NAMES = ["cat", "dog", "car", "boat", "kite"]
@@ -69,13 +71,14 @@ def _dataset(tmp_path, rng, n_images=12, n_gt=40, n_gallery=300, d=16, with_imag
     g_vec = protos[rng.integers(0, 100, n_gallery)] + rng.normal(0, 0.5, (n_gallery, d)).astype(np.float32)
     g_vec[: len(src)] = protos[gt["category_id"].to_numpy()[src] % 100] + rng.normal(0, 0.8, (len(src), d))
     g_vec[5] = g_vec[6]  # an exact tie
+    g_vec /= np.linalg.norm(g_vec, axis=1, keepdims=True)  # unit vectors, as the index stage writes
     vectors = {}
     for name in ("model", "pretrained"):
         (out / name).mkdir()
         q_vec = protos[queries["category_id"].to_numpy() % 100] + rng.normal(
             0, 0.8 if name == "model" else 2.0, (len(queries), d)
         )
-        q_vec = q_vec.astype(np.float32)
+        q_vec = (q_vec / np.linalg.norm(q_vec, axis=1, keepdims=True)).astype(np.float32)
         index = faiss.IndexFlatL2(d)
         index.add(g_vec)
         faiss.write_index(index, str(out / name / "gallery.faiss"))
@@ -85,11 +88,12 @@ def _dataset(tmp_path, rng, n_images=12, n_gt=40, n_gallery=300, d=16, with_imag
 
 
 def _params(**evaluate):
-    return Params.model_validate({"evaluate": {"topk": 20, **evaluate}})
+    return Params.model_validate({"evaluate": {"topk": 20, "bootstrap": 200, **evaluate}})
 
 
 def _in_memory(table, gallery, queries, vectors, tasks, params):
-    """The reference: one search of all queries, relevance_matrix and summarize on the whole ranking."""
+    """The reference: one search of all queries, the pure metric functions on the whole ranking,
+    then the protocol's subset summary."""
     cfg = params.evaluate
     gt = ground_truth(table)
     args = (
@@ -100,41 +104,63 @@ def _in_memory(table, gallery, queries, vectors, tasks, params):
         gt["category_id"].to_numpy(),
     )
     labels = {
-        "O": relevant_classes(*args, cfg.object_iou, n_classes=56),
-        "I": relevant_classes(*args, ANY_OVERLAP, n_classes=56),
+        "O": gallery_labels(cfg.labelling, *args, iou_threshold=cfg.object_iou, n_classes=56),
+        "I": gallery_labels(cfg.labelling, *args, iou_threshold=ANY_OVERLAP, n_classes=56),
     }
+    foreground = labels["I"].getnnz(axis=1) > 0
     masks = query_masks(queries, known_category_ids(table.categories, tasks))
-    fetch = cfg.topk + (int(gallery.groupby("image_id").size().max()) if cfg.exclude_same_image else 0)
+    n_g = len(gallery)
+    map_list = min(cfg.map_list or n_g, n_g)
+    fetch = min(map_list + (int(gallery.groupby("image_id").size().max()) if cfg.exclude_same_image else 0), n_g)
+    q_img, g_img = queries["image_id"].to_numpy(), gallery["image_id"].to_numpy()
+    q_box, g_box = queries[["x1", "y1", "x2", "y2"]].to_numpy(), gallery[["x1", "y1", "x2", "y2"]].to_numpy()
     out = {}
     for name, (index, q_vec) in vectors.items():
-        _, ranked = break_ties(*index.search(q_vec, fetch))
-        result = {s: {"queries": int(m.sum())} for s, m in masks.items()}
+        dist, ranked = break_ties(*index.search(q_vec, fetch))
+        per_query = {
+            "I": {"MRR_own_image": reciprocal_rank(own_image_hits(ranked[:, :map_list], q_img, g_img, foreground))},
+            "LS": {"SGA": grid_hits(ranked[:, :map_list], q_img, q_box, g_img, g_box)},
+        }
+        shown, shown_dist = drop_same_image(ranked, q_img, g_img, dist) if cfg.exclude_same_image else (ranked, dist)
+        totals = {}
         for level, lab in labels.items():
             rel, total = relevance_matrix(
-                ranked,
-                queries["category_id"].to_numpy(),
-                lab,
-                queries["image_id"].to_numpy(),
-                gallery["image_id"].to_numpy(),
-                cfg.exclude_same_image,
+                ranked, queries["category_id"].to_numpy(), lab, q_img, g_img, cfg.exclude_same_image
             )
-            for s, values in summarize(rel[:, : cfg.topk], total, masks).items():
-                result[s].update({f"{level}-{k}": values[k] for k in HEADLINE})
-        out[name] = result
+            rel = rel[:, :map_list]
+            per_query.setdefault(level, {}).update(per_query_metrics(rel, total, short=min(cfg.topk, map_list)))
+            totals[level] = total
+            if level == "O":
+                sim = np.where(shown >= 0, 1 - shown_dist / 2, np.nan)[:, :map_list]
+                pos, neg = mean_similarity(sim, rel), mean_similarity(sim, (shown[:, :map_list] >= 0) & ~rel)
+                per_query["LS"].update(pos_sim=pos, neg_sim=neg, sim_gap=pos - neg)
+                pr = interpolated_precision(rel, total)
+        scores = Scores(per_query, totals, pr)
+        out[name] = summarize_scores(scores, masks, min(cfg.topk, map_list), cfg.bootstrap, params.seed)
     return out
 
 
-@pytest.mark.parametrize("exclude", [True, False])
-def test_streamed_equals_in_memory(tmp_path, exclude):
+CASES = [
+    {"exclude_same_image": True},
+    {"exclude_same_image": False},
+    {"exclude_same_image": True, "labelling": "multi_label"},
+    {"exclude_same_image": False, "map_list": 50},
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_streamed_equals_in_memory(tmp_path, case):
     rng = np.random.default_rng(3)
     table, index_dir, gallery, queries, vectors = _dataset(tmp_path, rng)
     tasks = {"known": [1, 2], "known_names": ["cat", "car", "kite"]}
-    params = _params(query_chunk=7, exclude_same_image=exclude)
-    got = evaluate_index(index_dir, table, tasks, params).metrics
+    params = _params(query_chunk=7, **case)
+    evaluation = evaluate_index(index_dir, table, tasks, params)
+    got = evaluation.metrics
     assert json.loads(json.dumps(got)) == got  # JSON-ready as the stage writes it
     assert got["gallery"] == len(gallery) and got["queries"] == len(queries) < len(
         table.boxes
     )  # query: false boxes skipped
+    assert got["map_list"] == min(case.get("map_list", 36000), len(gallery))
     expected = _in_memory(table, gallery, queries, vectors, tasks, params)
     for name in ("model", "pretrained"):
         assert got[name] == expected[name]
@@ -144,9 +170,60 @@ def test_streamed_equals_in_memory(tmp_path, exclude):
         and got["model"]["unknown"]["queries"] > 0
     )
     # one chunk gives the same numbers as chunks of 7
-    assert (
-        evaluate_index(index_dir, table, tasks, _params(query_chunk=10_000, exclude_same_image=exclude)).metrics == got
+    assert evaluate_index(index_dir, table, tasks, _params(query_chunk=10_000, **case)).metrics == got
+
+
+def test_chunks_shrink_for_long_lists(tmp_path, monkeypatch):
+    from stages.evaluate import protocol
+
+    rng = np.random.default_rng(3)
+    table, index_dir, *_ = _dataset(tmp_path, rng)
+    tasks = {"known": [1, 2], "known_names": ["cat"]}
+    whole = evaluate_index(index_dir, table, tasks, _params())
+    assert whole.data.plan.chunk == 4096 and whole.data.plan.map_list == 300  # the whole gallery
+    monkeypatch.setattr(protocol, "MAX_CHUNK_ENTRIES", 1000)  # 1000 // 300 + ... -> 2 queries per chunk
+    small = evaluate_index(index_dir, table, tasks, _params())
+    assert small.data.plan.chunk == 1000 // small.data.plan.fetch
+    assert small.metrics == whole.metrics
+
+
+def test_paper_definitions_and_their_variants(tmp_path):
+    rng = np.random.default_rng(3)
+    table, index_dir, *_ = _dataset(tmp_path, rng)
+    tasks = {"known": [1, 2], "known_names": ["cat", "car", "kite"]}
+    evaluation = evaluate_index(index_dir, table, tasks, _params())
+    m = evaluation.metrics["model"]
+    a = m["all"]
+    # the long-list mAP counts relevant items deep in the list: below the top-20 truncation
+    assert a["O-mAP"] < a["O-mAP@20"] and a["I-mAP"] < a["I-mAP@20"]
+    # with the list cut to 20, the headline mAP is the truncated one
+    short = evaluate_index(index_dir, table, tasks, _params(map_list=20)).metrics["model"]["all"]
+    assert short["O-mAP"] == short["O-mAP@20"] == a["O-mAP@20"] and short["O-R@1"] == a["O-R@1"]
+    # the authors' known / unknown: shares of all queries that add up to the overall value
+    for key in ("O-R@1", "O-mAP", "I-R@1", "I-mAP"):
+        ko, uo = m["known_over_all"][key], m["unknown_over_all"][key]
+        assert ko + uo == pytest.approx(a[key], abs=2e-4)
+        n_all, n_known = a["queries"], m["known"]["queries"]
+        assert ko == pytest.approx(m["known"][key] * n_known / n_all, abs=2e-4)
+    # every headline key has its interval around it
+    for subset in ("all", "known", "unknown", *SIZE_BUCKETS):
+        for key in ("O-R@1", "O-mAP", "I-R@1", "I-mAP", "I-MRR_own_image"):
+            if m[subset]["queries"]:
+                low, high = m[subset][f"{key}_ci95"]
+                assert low <= m[subset][key] + 1e-9 and m[subset][key] <= high + 1e-9
+    # no interval without resamples
+    assert "O-R@1_ci95" not in evaluate_index(index_dir, table, tasks, _params(bootstrap=0)).metrics["model"]["all"]
+    # the diagnostics: rates in percent, similarities as cosines
+    assert 0 <= a["LS-SGA"] <= 100 and -1 <= a["LS-neg_sim"] < a["LS-pos_sim"] <= 1
+    assert a["LS-sim_gap"] == pytest.approx(a["LS-pos_sim"] - a["LS-neg_sim"], abs=0.05)
+    # the per-query table reproduces the means; the PR curve starts high and falls
+    table_q = evaluation.per_query
+    assert len(table_q) == a["queries"] and table_q["model.O-R@1"].mean() * 100 == pytest.approx(a["O-R@1"], abs=1e-3)
+    assert table_q["pretrained.I-mAP"].mean() * 100 == pytest.approx(
+        evaluation.metrics["pretrained"]["all"]["I-mAP"], abs=1e-3
     )
+    curve = evaluation.pr["model"]["all"]
+    assert len(curve) == 21 and curve[0] >= curve[10] >= curve[-1] and curve[0] > 0.5
 
 
 def test_known_classes_matched_by_name_across_datasets():
@@ -206,7 +283,12 @@ def test_pictures(tmp_path):
     csv = pd.read_csv(plots / "buckets.csv")
     assert csv["bucket"].tolist() == list(SIZE_BUCKETS)
     assert csv["queries"].tolist() == [metrics["model"][b]["queries"] for b in SIZE_BUCKETS]
-    for png in ("buckets.png", "examples.png"):
+    for subset in ("all", *SIZE_BUCKETS):
+        pr = pd.read_csv(plots / "pr" / f"{subset}.csv")
+        assert pr.columns.tolist() == ["recall", "precision", "pretrained"] and len(pr) == 21
+        expected = [np.nan if v is None else v for v in evaluation.pr["model"][subset]]  # None: a bucket without query
+        assert pr["precision"].tolist() == pytest.approx(expected, nan_ok=True)
+    for png in ("buckets.png", "examples.png", "pr.png"):
         image = cv2.imread(str(plots / png))
         assert image is not None and image.shape[0] > 200 and image.shape[1] > 500
 

@@ -150,3 +150,104 @@ def test_end_to_end_with_metrics():
     # after exclusion: [g4, g2, g5] all relevant, 3 relevant in the gallery outside image 10
     assert ap_truncated(rel)[0] == pytest.approx(1.0)
     assert ap_standard(rel, total)[0] == pytest.approx(1.0)
+
+
+def test_max_iou_single_label_hand_computed():
+    from stages.metrics.relevance import gallery_labels, max_iou_classes
+
+    # image 1: GT 0 class 0 = [0,0,10,10], GT 1 class 1 = [4,0,14,10], GT 2 class 2 = [20,20,30,30]
+    t_img = np.array([1, 1, 1])
+    t_box = np.array([[0, 0, 10, 10], [4, 0, 14, 10], [20, 20, 30, 30]], float)
+    t_cls = np.array([0, 1, 2])
+    g_img = np.array([1, 1, 1, 1, 2])
+    g_box = np.array(
+        [
+            [1, 0, 11, 10],  # IoU 90/110 = 0.818 with GT 0, 70/130 = 0.538 with GT 1 -> class 0 only
+            [3, 0, 13, 10],  # IoU 70/130 with GT 0, 90/110 with GT 1 -> class 1 only
+            [2, 0, 12, 10],  # IoU 80/120 with both: a tie -> the first GT box (class 0)
+            [25, 25, 40, 40],  # IoU 25/300 = 0.083 with GT 2: image level only
+            [0, 0, 10, 10],  # image 2 has no GT box
+        ],
+        float,
+    )
+    obj = max_iou_classes(g_img, g_box, t_img, t_box, t_cls, 0.3, n_classes=3).toarray()
+    assert obj.tolist() == [
+        [True, False, False],
+        [False, True, False],
+        [True, False, False],
+        [False, False, False],
+        [False, False, False],
+    ]
+    img = max_iou_classes(g_img, g_box, t_img, t_box, t_cls, 1e-10, n_classes=3).toarray()
+    assert img[3].tolist() == [False, False, True] and img.sum(axis=1).tolist() == [1, 1, 1, 1, 0]
+    # the multi-label rule makes rows 0-2 relevant to both classes 0 and 1
+    multi = relevant_classes(g_img, g_box, t_img, t_box, t_cls, 0.3, n_classes=3).toarray()
+    assert multi[:3, :2].all() and not multi[:3, 2].any()
+    # the tie goes to whichever GT box is listed first: swap the two boxes' order -> class 1
+    swapped = max_iou_classes(g_img, g_box, t_img, t_box[[1, 0, 2]], t_cls[[1, 0, 2]], 0.3, n_classes=3)
+    assert swapped.toarray()[2].tolist() == [False, True, False]
+    # gallery_labels dispatches on the rule name
+    args = (g_img, g_box, t_img, t_box, t_cls)
+    assert (gallery_labels("max_iou", *args, iou_threshold=0.3, n_classes=3).toarray() == obj).all()
+    assert (gallery_labels("multi_label", *args, iou_threshold=0.3, n_classes=3).toarray() == multi).all()
+    with pytest.raises(ValueError, match="labelling"):
+        gallery_labels("vote", *args, iou_threshold=0.3)
+
+
+def test_max_iou_below_threshold_is_not_rescued_by_another_box():
+    from stages.metrics.relevance import max_iou_classes
+
+    # the max-IoU box is class 0's (IoU 0.25 >= 0.2); class 1's box, IoU 0.087, does not count
+    t_box = np.array([[0, 0, 10, 10], [6, 0, 16, 10]], float)
+    g_box = np.array([[0, 0, 10, 40]], float)  # IoU 100/400 = 0.25 with GT 0, 40/460 with GT 1
+    got = max_iou_classes([1], g_box, [1, 1], t_box, [0, 1], 0.2, n_classes=2).toarray()
+    assert got.tolist() == [[True, False]]
+    # a class that passes the threshold but is not the maximum is not relevant (multi-label would say it is)
+    g_box = np.array([[4, 0, 14, 10]], float)  # IoU 60/140 = 0.43 with GT 0, 80/120 = 0.67 with GT 1
+    assert max_iou_classes([1], g_box, [1, 1], t_box, [0, 1], 0.3, n_classes=2).toarray().tolist() == [[False, True]]
+    assert relevant_classes([1], g_box, [1, 1], t_box, [0, 1], 0.3, n_classes=2).toarray().tolist() == [[True, True]]
+
+
+@pytest.mark.parametrize("thr", [0.3, 1e-10])
+def test_max_iou_matches_brute_force(thr):
+    from stages.metrics.relevance import max_iou_classes
+
+    rng = np.random.default_rng(11)
+    n_g, n_t, n_cls = 120, 40, 5
+    g_img, t_img = rng.choice([3, 10, 7], size=n_g), rng.choice([3, 10, 7], size=n_t)
+    g_box, t_box = _random_boxes(rng, n_g), _random_boxes(rng, n_t)
+    t_cls = rng.integers(0, n_cls, size=n_t)
+    got = max_iou_classes(g_img, g_box, t_img, t_box, t_cls, thr, n_classes=n_cls).toarray()
+    expected = np.zeros_like(got)
+    for g in range(n_g):
+        best, best_t = 0.0, -1
+        for t in range(n_t):  # strict >: the first GT box wins ties, as in the authors' loop
+            if t_img[t] != g_img[g]:
+                continue
+            x = mask_utils.iou(
+                [[*g_box[g, :2], *(g_box[g, 2:] - g_box[g, :2])]],
+                [[*t_box[t, :2], *(t_box[t, 2:] - t_box[t, :2])]],
+                [0],
+            )[0, 0]
+            if x > best:
+                best, best_t = x, t
+        if best_t >= 0 and ((best > 1e-10) if thr <= 1e-10 else (best >= thr - 1e-12)):
+            expected[g, t_cls[best_t]] = True
+    np.testing.assert_array_equal(got, expected)
+    assert got.sum(axis=1).max() == 1 and got.any()
+
+
+def test_own_image_hits_and_drop_same_image_values():
+    from stages.metrics.relevance import drop_same_image, own_image_hits
+
+    gallery_image = np.array([5, 5, 6, 7])
+    foreground = np.array([False, True, True, True])
+    ranked = np.array([[0, 2, 1, -1], [3, 2, 0, 1]])
+    q_img = np.array([5, 6])
+    assert own_image_hits(ranked, q_img, gallery_image).tolist() == [[1, 0, 1, 0], [0, 1, 0, 0]]
+    assert own_image_hits(ranked, q_img, gallery_image, foreground).tolist() == [[0, 0, 1, 0], [0, 1, 0, 0]]
+    dist = np.array([[0.1, 0.2, 0.3, np.inf], [0.1, 0.2, 0.3, 0.4]])
+    shown, d = drop_same_image(ranked, q_img, gallery_image, dist)
+    assert shown.tolist() == [[2, -1, -1, -1], [3, 0, 1, -1]]
+    assert d.tolist() == [[0.2, np.inf, np.inf, np.inf], [0.1, 0.3, 0.4, np.inf]]
+    assert drop_same_image(ranked, q_img, gallery_image).tolist() == shown.tolist()

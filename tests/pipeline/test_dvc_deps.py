@@ -21,7 +21,7 @@ from tests.pipeline.stage_code import stage_files
 ROOT = Path(__file__).resolve().parents[2]
 STAGE_PACKAGE = {"data": "stages.data", "extract": "stages.extract", "splits": "stages.splits"}
 STAGE_PACKAGE |= {"groups": "stages.groups", "train": "stages.train", "index": "stages.index"}
-STAGE_PACKAGE |= {"evaluate": "stages.evaluate", "scan": "stages.scan"}
+STAGE_PACKAGE |= {"evaluate": "stages.evaluate", "scan": "stages.scan", "summary": "stages.summary"}
 
 
 def dvc_stages(text: str) -> dict[str, dict]:
