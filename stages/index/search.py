@@ -65,7 +65,7 @@ def query_crop(image_path: Path, box: Box | None, crop_size: int, reader=read_im
     """The query crop: a box of an image file, or the whole image when no box is given; ``reader``:
     how the image is read (``stages.crops.image_reader``: EXIF-oriented for photo folders)."""
     if not Path(image_path).is_file():
-        raise MissingInputError(f"no image file {image_path}")
+        raise MissingInputError(f"cannot read image {image_path}: no such file")
     image = reader(image_path)
     if image is None:
         raise InputError(f"cannot read image {image_path} (unreadable or not an image)")
