@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pandas as pd
+
 from stages import layout
 from stages.atomic import write_json, write_parquet
 from stages.config import Params
@@ -93,6 +95,7 @@ def without_ground_truth(backbone: str, dataset: str, params: Params) -> dict:
         "note": "no ground-truth box in the test split: nothing to score (search the index instead)",
     }
     write_json(layout.metrics_file(backbone, dataset), metrics)
+    write_parquet(layout.per_query_file(backbone, dataset), pd.DataFrame({"query": pd.Series([], dtype="int64")}))
     write_without_ground_truth(
         layout.plots_dir(backbone, dataset),
         f"{dataset}: no ground truth, no metric ({info['gallery']} objects indexed)",

@@ -217,12 +217,16 @@ def write_pictures(evaluation: Evaluation, test: ImageTable, plots_dir: Path, cr
 
 
 def write_without_ground_truth(plots_dir: Path, message: str) -> None:
-    """The pictures of a dataset without ground truth (a photo folder): ``buckets.csv`` with its
-    header only and two PNGs that say why there is nothing to draw (DVC declares all three)."""
+    """The pictures of a dataset without ground truth (a photo folder): ``buckets.csv`` and the
+    ``pr/<subset>.csv`` curves with their headers only, and PNGs that say why there is nothing to
+    draw (DVC declares every one)."""
     plots_dir = Path(plots_dir)
     with atomic_path(plots_dir / "buckets.csv") as tmp:
         pd.DataFrame(columns=["bucket", "queries", *BUCKET_COLUMNS]).to_csv(tmp, index=False)
-    for name in ("buckets.png", "examples.png"):
+    for subset in PR_SUBSETS:
+        with atomic_path(plots_dir / "pr" / f"{subset}.csv") as tmp:
+            pd.DataFrame(columns=["recall", "precision", "pretrained"]).to_csv(tmp, index=False)
+    for name in ("buckets.png", "examples.png", "pr.png"):
         fig = Figure(figsize=(6, 1.2))
         fig.text(0.5, 0.5, message, ha="center", va="center", fontsize=10)
         _save(fig, plots_dir / name)
