@@ -176,7 +176,7 @@ def test_other_host_names_are_refused(client):
 def test_metrics_and_pictures(client):
     body = client.get("/api/metrics").json()
     assert body["metrics"]["backbone"] == BACKBONE and body["metrics"]["model"]["all"]["queries"] > 0
-    assert body["pictures"] == ["buckets.png", "examples.png"]
+    assert body["pictures"] == ["buckets.png", "examples.png", "pr.png"]  # every PNG the evaluate stage wrote
     pic = client.get(f"/metrics/{BACKBONE}/{DATASET}/buckets.png")
     assert pic.status_code == 200 and pic.content[:4] == b"\x89PNG"
     assert client.get("/api/metrics", params={"dataset": "lvis"}).status_code == 404

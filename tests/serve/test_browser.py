@@ -165,7 +165,7 @@ def test_metrics_page_shows_the_table_and_pictures(browser, live_server):
     rows = _wait(browser, lambda d: d.find_elements("css selector", "#metrics-table tbody tr"))
     assert rows[0].find_element("css selector", "th").text == "all"
     figures = _wait(browser, lambda d: d.find_elements("css selector", "#metrics-pictures figure"))
-    assert {f.text for f in figures} == {"buckets.png", "examples.png"}
+    assert {f.text for f in figures} == {"buckets.png", "examples.png", "pr.png"}
     _wait(browser, _all_pictures_loaded)
 
 
