@@ -23,9 +23,13 @@ def summarize_datasets(backbone: str, per_dataset: dict[str, dict]) -> dict:
     """``{"backbone", "datasets", "<embedding>": {"mean": {key: v}, "<dataset>": {key: v, "queries": n}}}``.
 
     ``per_dataset`` maps a dataset to its metrics JSON; values are the ``all`` subset's; the mean
-    is over the datasets that have a value (None when none has).
+    is over the datasets that have a value (None when none has). A dataset without ground truth (a
+    photo folder: its metrics say ``"ground_truth": false``) is listed apart and not averaged.
     """
-    out: dict = {"backbone": backbone, "datasets": list(per_dataset)}
+    scored = {name: m for name, m in per_dataset.items() if m.get("ground_truth", True)}
+    out: dict = {"backbone": backbone, "datasets": list(scored)}
+    out["without_ground_truth"] = [name for name in per_dataset if name not in scored]  # photo folders: no score
+    per_dataset = scored
     for embedding in EMBEDDINGS:
         rows = {
             name: {"queries": m[embedding]["all"]["queries"], **{k: m[embedding]["all"].get(k) for k in SUMMARY_KEYS}}

@@ -41,3 +41,13 @@ def test_summary_stage_means_over_datasets(tmp_path, monkeypatch):
     params = _params(["synthetic", "coco_voc"])
     with pytest.raises(MissingInputError, match="coco_voc.json"):
         summary.run(declared_view(params, summary.PARAMS), "resnet50")
+
+
+def test_a_dataset_without_ground_truth_is_listed_apart():
+    from stages.summary.table import summarize_datasets
+
+    scored = {"model": {"all": {"queries": 4, "O-R@1": 50.0}}, "pretrained": {"all": {"queries": 4, "O-R@1": 25.0}}}
+    photos = {"ground_truth": False, "gallery": 17, "queries": 0}
+    out = summarize_datasets("b", {"synthetic": scored, "images": photos})
+    assert out["datasets"] == ["synthetic"] and out["without_ground_truth"] == ["images"]
+    assert out["model"]["mean"]["O-R@1"] == 50.0 and "images" not in out["model"]
