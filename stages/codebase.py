@@ -124,14 +124,19 @@ def cycles() -> list[list[str]]:
     return _cycles_of(graph)
 
 
-def package_cycles() -> list[list[str]]:
-    """Cycles between top-level units (``stages.train`` <-> ``stages.index`` would be one)."""
+def package_graph() -> dict[str, list[str]]:
+    """Which top-level units each unit imports (``stages.train`` -> ``stages.model``, ...)."""
     graph: dict[str, set[str]] = {}
     for m in modules():
         graph.setdefault(package_of(m), set()).update(
             package_of(d) for d in direct_imports(m) if package_of(d) != package_of(m)
         )
-    return _cycles_of({k: sorted(v) for k, v in graph.items()})
+    return {k: sorted(v) for k, v in graph.items()}
+
+
+def package_cycles() -> list[list[str]]:
+    """Cycles between top-level units (``stages.train`` <-> ``stages.index`` would be one)."""
+    return _cycles_of(package_graph())
 
 
 def _cycles_of(graph: dict[str, list[str]]) -> list[list[str]]:
@@ -183,13 +188,9 @@ def _cycles_of(graph: dict[str, list[str]]) -> list[list[str]]:
 
 
 def main() -> None:
-    graph: dict[str, set[str]] = {}
-    for m in modules():
-        graph.setdefault(package_of(m), set()).update(
-            package_of(d) for d in direct_imports(m) if package_of(d) != package_of(m)
-        )
+    graph = package_graph()
     for unit in sorted(graph):
-        print(f"{unit:22s} -> {', '.join(sorted(graph[unit])) or '-'}")
+        print(f"{unit:22s} -> {', '.join(graph[unit]) or '-'}")
     found = cycles() + package_cycles()
     print("import cycles:", found if found else "none")
     raise SystemExit(1 if found else 0)
