@@ -10,7 +10,9 @@ Markdown table of the mean and min-max over the seeds.
 Configs (``--configs``): ntxent, stml, stml_perhead (STML with the per-head batch of ms_ugcml at 4
 groups: 8 queries / 4 heads = 2 queries), ms_ugcml (4 groups, the default), ms_ugcml_g1/_g2/_g8,
 ms_ugcml_nockd (CKD weight 0). Every ms_ugcml model is also embedded with its first head
-(``<config>_first``) without retraining: the train stage resumes the finished run.
+(``<config>_first``) and routed (``<config>_routed``: each gallery object and query through the
+head of its own scale group, by box area) without retraining: the train stage resumes the
+finished run.
 
 Every pair of runs of the same seed (the untrained backbone included) is compared on the same
 queries with a paired bootstrap (stages.metrics.bootstrap.paired_bootstrap, 1,000 resamples,
@@ -46,6 +48,8 @@ HEADLINE = ("O-R@1", "O-mAP", "O-mAP_std", "I-R@1", "I-mAP")
 SUBSETS = ("all", "size_0-20")
 PAIRED = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")  # the per-query values the evaluate stage writes
 RESAMPLES = 1000
+# retrieval heads of a trained ms_ugcml model besides the default mean (train.embed_head; no retraining)
+RETRIEVAL_HEADS = ("first", "routed")
 # config -> (train.* overrides, top-level overrides)
 CONFIGS: dict[str, tuple[dict, dict]] = {
     "ntxent": ({"method": "ntxent"}, {}),
@@ -111,12 +115,14 @@ def run_config(name: str, seed: int, base: dict, extra: dict, tag: str = "") -> 
     out = {f"{name}{tag}": json.loads(metrics_file.read_text())}
     out[f"{name}{tag}"]["seconds"] = round(time.perf_counter() - t0, 1)
     out[f"{name}{tag}"]["runs"] = per_query_runs(folder, backbone, dataset, f"{name}{tag}", "none")
-    if params["train"]["method"] == "ms_ugcml" and params["groups"] > 1:  # the same model, first head
-        params["train"]["embed_head"] = "first"
-        _write_params(folder, params)
-        _stages(folder, ("train", "index", "evaluate"))  # train resumes the finished run
-        out[f"{name}_first{tag}"] = json.loads(metrics_file.read_text())
-        out[f"{name}_first{tag}"]["runs"] = per_query_runs(folder, backbone, dataset, f"{name}_first{tag}", "none")
+    if params["train"]["method"] == "ms_ugcml" and params["groups"] > 1:  # the same model, other heads
+        for head in RETRIEVAL_HEADS:
+            params["train"]["embed_head"] = head
+            _write_params(folder, params)
+            _stages(folder, ("train", "index", "evaluate"))  # train resumes the finished run
+            key = f"{name}_{head}{tag}"
+            out[key] = json.loads(metrics_file.read_text())
+            out[key]["runs"] = per_query_runs(folder, backbone, dataset, key, "none")
     return out
 
 

@@ -261,8 +261,8 @@ def search_cmd(
         from stages.crops import image_reader
 
         reader = image_reader(p.dataset(dataset))  # boxes are in the dataset's pixel grid (EXIF-oriented photos)
-        crop = query_crop(image, query_box, p.extract.crop_size, reader)
-        hits = search(crop, k, p, p.backbone(backbone), p.dataset(dataset), embedding)
+        crop, area = query_crop(image, query_box, p.extract.crop_size, reader)
+        hits = search((crop, area), k, p, p.backbone(backbone), p.dataset(dataset), embedding)
         typer.echo(f"{'rank':>4}  {'object':>8}  {'image':>6}  {'box (x1 y1 x2 y2)':28s} {'distance':>8}  path")
         for h in hits:
             b = " ".join(f"{v:6.1f}" for v in h.box)

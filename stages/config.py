@@ -316,8 +316,10 @@ class TrainParams(_Strict):
         0.1, ge=0, le=1, description="share of each smaller group's crops mixed into a group's set"
     )
     ntxent_tau: float = Field(0.1, gt=0, description="temperature of the NT-Xent baseline")
-    embed_head: Literal["first", "mean"] = Field(
-        "mean", description="retrieval embedding: mean of the l heads, or first head's l (authors' code); no retraining"
+    embed_head: Literal["first", "mean", "routed"] = Field(
+        "mean",
+        description="retrieval embedding: mean of the l heads, first head's l (authors' code), or routed (each "
+        "gallery object and query through the head of its own scale group, by box area); no retraining",
     )
     embed_dim: int = Field(512, ge=8, description="dimension of the retrieval embedding l")
     teacher_dim: int = Field(1024, ge=8, description="dimension of h and of the teacher head")

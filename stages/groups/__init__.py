@@ -30,7 +30,7 @@ def run(params: Params) -> None:
     write_parquet(out / "assignment.parquet", pd.DataFrame({"object_id": objects["object_id"], "group": group}))
     info = {
         "groups": params.groups,
-        "area_boundaries": [round(float(b), 3) for b in boundaries],
+        "area_boundaries": [float(b) for b in boundaries],  # exact: the routed retrieval head reads them
         "side_boundaries_px": [round(float(np.sqrt(b)), 3) for b in boundaries],
         "counts": counts.tolist(),
     }

@@ -110,7 +110,7 @@ def embed_gallery(
             fresh: list[np.ndarray] = []
             if miss.any():
                 crops = decode_to_tensor(chunk["crop"][miss].tolist(), size)
-                fresh = embed_chunk(list(nets.values()), crops, params.index.batch_size)
+                fresh = embed_chunk(list(nets.values()), crops, params.index.batch_size, chunk["area"][miss])
             for k, name in enumerate(nets):
                 if miss.all():
                     writers[name].add(fresh[k])
@@ -145,7 +145,7 @@ def embed_queries(
     rows, vectors = [], {name: [] for name in nets}
     for q_rows, crops in iter_query_crops(test, params.extract.crop_size, params.index.chunk_rows, reader):
         tensor = crops_to_tensor(crops, next(iter(nets.values())).input_size)
-        for name, v in zip(nets, embed_chunk(list(nets.values()), tensor, params.index.batch_size)):
+        for name, v in zip(nets, embed_chunk(list(nets.values()), tensor, params.index.batch_size, q_rows["area"])):
             vectors[name].append(v)  # queries are GT boxes: thousands, not millions
         rows.append(q_rows)
     if not rows and test.boxes.empty:

@@ -11,13 +11,20 @@ from tqdm import tqdm
 
 @torch.no_grad()
 def embed_tensor(
-    embed: Callable[[torch.Tensor], torch.Tensor], crops: torch.Tensor, batch: int, desc: str | None = None
+    embed: Callable[..., torch.Tensor],
+    crops: torch.Tensor,
+    batch: int,
+    desc: str | None = None,
+    areas: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Embed uint8 crops [N, 3, S, S] in batches with ``embed`` (float [0,1] input) -> float32 [N, d]."""
+    """Embed uint8 crops [N, 3, S, S] in batches with ``embed`` (float [0,1] input) -> float32 [N, d];
+    with ``areas`` (each crop's box area, pixels) ``embed`` is called as ``embed(x, areas)``."""
     chunks = []
     starts = range(0, len(crops), batch)
     for s in tqdm(starts, desc=desc, unit="batch", disable=desc is None or len(starts) < 2):
-        chunks.append(embed(crops[s : s + batch].float().div_(255)).float().cpu().numpy())
+        x = crops[s : s + batch].float().div_(255)
+        out = embed(x) if areas is None else embed(x, torch.as_tensor(areas[s : s + batch]))
+        chunks.append(out.float().cpu().numpy())
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
@@ -32,6 +39,10 @@ def iter_encoded_chunks(paths: Sequence, columns: list[str], rows: int):
             yield batch.to_pandas()
 
 
-def embed_chunk(nets: Sequence, crops: torch.Tensor, batch: int) -> list[np.ndarray]:
-    """One chunk of uint8 crops through each of ``nets`` (their ``embed``), decoded once for all."""
-    return [embed_tensor(net.embed, crops, batch) for net in nets]
+def embed_chunk(nets: Sequence, crops: torch.Tensor, batch: int, areas: np.ndarray) -> list[np.ndarray]:
+    """One chunk of uint8 crops through each of ``nets`` (their ``embed``), decoded once for all;
+    ``areas``: each crop's box area in its image (pixels), for a net that routes by scale group."""
+    areas = np.array(areas, dtype=np.float64)  # a writable copy (a pandas column may be read-only)
+    return [
+        embed_tensor(net.embed, crops, batch, areas=areas if getattr(net, "routed", False) else None) for net in nets
+    ]

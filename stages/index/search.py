@@ -2,7 +2,8 @@
 
 The building blocks are shared by the ``search`` command and the ``serve`` web page:
 
-* :func:`crop_query` / :func:`query_crop`: a checked box of an image (array or file) as a crop;
+* :func:`crop_query` / :func:`query_crop`: a checked box of an image (array or file) as a crop,
+  with the box's area (a ``routed`` model picks the head of that scale group);
 * :class:`Embedder` (:func:`load_embedder`): one loaded model, trained or pretrained, crops -> vectors;
 * :class:`Gallery` (:func:`open_gallery`): one FAISS index with its object and image tables,
   vectors -> :class:`Hit` rows (offset/limit for "more results").
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 
 from stages import layout
-from stages.boxes import clip_boxes
+from stages.boxes import box_area, clip_boxes
 from stages.config import IndexParams, Params
 from stages.crops import crop_boxes, read_image
 from stages.crops.tensors import crops_to_tensor
@@ -44,8 +45,9 @@ class Hit:
     distance: float
 
 
-def crop_query(image: np.ndarray, box: Box | None, crop_size: int, name: str) -> np.ndarray:
-    """The query crop of an RGB uint8 image: a box (pixels x1 y1 x2 y2, clipped), or the whole image.
+def crop_query(image: np.ndarray, box: Box | None, crop_size: int, name: str) -> tuple[np.ndarray, float]:
+    """The query crop of an RGB uint8 image: a box (pixels x1 y1 x2 y2, clipped), or the whole
+    image; and the clipped box's area (pixels), the scale a routed embedding reads.
 
     Raises InputError (naming ``name``) for an empty box or one outside the image.
     """
@@ -58,12 +60,13 @@ def crop_query(image: np.ndarray, box: Box | None, crop_size: int, name: str) ->
     clipped = clip_boxes(b, w, h)
     if not (clipped[0, 2] - clipped[0, 0] >= 1 and clipped[0, 3] - clipped[0, 1] >= 1):
         raise InputError(f"box {list(box)} lies outside the image {name} ({w}x{h} pixels)")
-    return crop_boxes(image, clipped, crop_size)[0]
+    return crop_boxes(image, clipped, crop_size)[0], float(box_area(clipped)[0])
 
 
-def query_crop(image_path: Path, box: Box | None, crop_size: int, reader=read_image) -> np.ndarray:
-    """The query crop: a box of an image file, or the whole image when no box is given; ``reader``:
-    how the image is read (``stages.crops.image_reader``: EXIF-oriented for photo folders)."""
+def query_crop(image_path: Path, box: Box | None, crop_size: int, reader=read_image) -> tuple[np.ndarray, float]:
+    """The query crop (and its box area): a box of an image file, or the whole image when no box is
+    given; ``reader``: how the image is read (``stages.crops.image_reader``: EXIF-oriented for
+    photo folders)."""
     if not Path(image_path).is_file():
         raise MissingInputError(f"cannot read image {image_path}: no such file")
     image = reader(image_path)
@@ -80,10 +83,12 @@ class Embedder:
         self.input_size = int(input_size)
 
     @torch.no_grad()
-    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
-        """RGB uint8 crops -> L2-normalised float32 vectors ``[n, d]`` (C-contiguous, for FAISS)."""
+    def embed(self, crops: list[np.ndarray], areas: list[float]) -> np.ndarray:
+        """RGB uint8 crops and their box areas (pixels of their images) -> L2-normalised float32
+        vectors ``[n, d]`` (C-contiguous, for FAISS)."""
         x = crops_to_tensor(crops, self.input_size).float().div_(255)
-        return np.ascontiguousarray(self.net.embed(x).float().numpy(), dtype=np.float32)
+        vectors = self.net.embed(x, torch.as_tensor(np.asarray(areas, np.float64)))
+        return np.ascontiguousarray(vectors.float().numpy(), dtype=np.float32)
 
 
 def load_embedder(model_path: Path, embedding: str) -> Embedder:
@@ -185,14 +190,16 @@ def open_gallery(index_dir: Path, dataset_dir: Path, embedding: str, params: Ind
 
 
 def search(
-    crop: np.ndarray, k: int, params: Params, backbone: str, dataset: str, embedding: str = "model"
+    query: tuple[np.ndarray, float], k: int, params: Params, backbone: str, dataset: str, embedding: str = "model"
 ) -> list[Hit]:
-    """The k gallery objects of ``dataset`` nearest to a query crop (RGB uint8), with ``backbone``'s
-    'model' (trained) or 'pretrained' embedding (``params.index`` sets the search knobs)."""
+    """The k gallery objects of ``dataset`` nearest to a query (crop RGB uint8, box area: what
+    :func:`crop_query` returns), with ``backbone``'s 'model' (trained) or 'pretrained' embedding
+    (``params.index`` sets the search knobs)."""
     index_dir = layout.index_dir(backbone, dataset)
     gallery = open_gallery(index_dir, layout.dataset_dir(dataset), embedding, params.index)
     embedder = load_embedder(layout.model_dir(backbone) / "model.pt", embedding)
-    return gallery.nearest(embedder.embed([crop]), k)
+    crop, area = query
+    return gallery.nearest(embedder.embed([crop], [area]), k)
 
 
 def draw_hits(query: np.ndarray, hits: list[Hit], path: Path, tile: int = 192, reader=read_image) -> None:

@@ -51,6 +51,7 @@ def load_model(path: Path) -> tuple[StudentModel, dict]:
         pretrained=False,
         embed_head=meta.get("embed_head", "first"),
         options=meta_options(meta),
+        group_boundaries=meta.get("group_boundaries"),
     )
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta

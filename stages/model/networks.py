@@ -10,6 +10,8 @@ from torch import nn
 
 from stages.backbones import BackboneOptionsLike, build_from_options
 
+EMBED_HEADS = ("first", "mean", "routed")
+
 
 class EmbeddingHead(nn.Module):
     """The two embedding layers of one student head: h (teaches, feeds the EMA) and l (retrieval)."""
@@ -35,10 +37,11 @@ class StudentModel(nn.Module):
         input_size: int,
         embed_head: str = "mean",
         head_init: str = "orthogonal",
+        group_boundaries: list[float] | None = None,
     ):
         super().__init__()
-        if embed_head not in ("first", "mean"):
-            raise ValueError(f"embed_head must be 'first' or 'mean', got {embed_head!r}")
+        if embed_head not in EMBED_HEADS:
+            raise ValueError(f"embed_head must be one of {EMBED_HEADS}, got {embed_head!r}")
         self.backbone = backbone
         dim = backbone.spec.feature_dim
         if head_init not in ("orthogonal", "shared"):
@@ -50,6 +53,8 @@ class StudentModel(nn.Module):
             self.heads = nn.ModuleList(copy.deepcopy(first) for _ in range(n_heads))
         self.input_size = input_size
         self.embed_head = embed_head
+        # the k-1 inner box-area boundaries of the scale groups (stages.groups.quantiles), for "routed"
+        self.group_boundaries = torch.as_tensor(group_boundaries or [], dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         feat = self.backbone(x)
@@ -64,10 +69,28 @@ class StudentModel(nn.Module):
                     m.eval()
         return self
 
+    @property
+    def routed(self) -> bool:
+        """Whether each crop is embedded by the head of its own scale group (needs its box area)."""
+        return self.embed_head == "routed" and len(self.heads) > 1
+
+    def scale_group(self, areas: torch.Tensor) -> torch.Tensor:
+        """Scale group of each box area, as the groups stage assigns training objects (its boundaries)."""
+        if len(self.group_boundaries) != len(self.heads) - 1:
+            raise ValueError(f"{len(self.heads)} heads need {len(self.heads) - 1} group boundaries to route")
+        areas = torch.as_tensor(areas, dtype=torch.float64).reshape(-1)
+        return torch.searchsorted(self.group_boundaries, areas, right=True)
+
     @torch.no_grad()
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Retrieval embedding: L2-normalised l of the first head, or the mean of the normalised
-        l of all heads (``embed_head``); the pooled backbone feature when there is no head."""
+    def embed(self, x: torch.Tensor, areas: torch.Tensor | None = None) -> torch.Tensor:
+        """Retrieval embedding: L2-normalised l of the first head, the mean of the normalised l of
+        all heads, or the l of the head of each crop's scale group (``embed_head``: first, mean,
+        routed; routing reads ``areas``, the box area of each crop in its image's pixels); the
+        pooled backbone feature when there is no head."""
+        if self.routed:
+            if areas is None:
+                raise ValueError("a routed embedding needs the box area of each crop")
+            return F.normalize(self.embed_by_group(x, self.scale_group(areas).to(x.device))[1], dim=1)
         feat = self.backbone(x)
         if not len(self.heads):
             return F.normalize(feat, dim=1)
@@ -147,8 +170,9 @@ def build_student(
     embed_head: str = "mean",
     options: BackboneOptionsLike | None = None,
     head_init: str = "orthogonal",
+    group_boundaries: list[float] | None = None,
 ) -> StudentModel:
     """A student over ``backbone`` built as ``options`` say (weights file, init); ``pretrained=False``
     builds the same architecture without reading weights (to load a trained state dict)."""
     net = build_from_options(backbone, options, pretrained=pretrained)
-    return StudentModel(net, n_heads, teacher_dim, embed_dim, input_size, embed_head, head_init)
+    return StudentModel(net, n_heads, teacher_dim, embed_dim, input_size, embed_head, head_init, group_boundaries)

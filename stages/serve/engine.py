@@ -201,7 +201,7 @@ class Engine:
         """Load what the first query of ``sel`` needs (model, index, tables) and run one query."""
         sel = self.check(sel)
         gallery, embedder = self.gallery(sel), self.embedder(sel.backbone, sel.embedding)
-        gallery.nearest(embedder.embed([np.zeros((8, 8, 3), np.uint8)]), 1)
+        gallery.nearest(embedder.embed([np.zeros((8, 8, 3), np.uint8)], [64.0]), 1)
 
     # -- images --------------------------------------------------------------------------------
     def images_page(self, backbone: str, dataset: str, page: int, per_page: int) -> dict:
@@ -253,14 +253,14 @@ class Engine:
         sel = self.check(sel)
         table = self.table(sel.backbone, sel.dataset)
         image = self.pixels(sel.dataset, table, image_id)
-        crop = crop_query(image, box, self.params.extract.crop_size, f"#{image_id}")
-        return self._search(sel, crop, k, image_id if exclude_image else None)
+        query = crop_query(image, box, self.params.extract.crop_size, f"#{image_id}")
+        return self._search(sel, query, k, image_id if exclude_image else None)
 
     def search_photo(self, sel: Selection, image: np.ndarray, box, k: int) -> dict:
         """Top-k objects for a box of an uploaded photo (RGB uint8), or the whole photo."""
         sel = self.check(sel)
-        crop = crop_query(image, box, self.params.extract.crop_size, "uploaded")
-        return self._search(sel, crop, k, None)
+        query = crop_query(image, box, self.params.extract.crop_size, "uploaded")
+        return self._search(sel, query, k, None)
 
     def more(self, token: str, offset: int, k: int) -> dict:
         """Ranks ``offset + 1 ..`` of an earlier query."""
@@ -270,9 +270,10 @@ class Engine:
         t0 = time.perf_counter()
         return self._result(query, token, offset, k, t0)
 
-    def _search(self, sel: Selection, crop: np.ndarray, k: int, exclude_image: int | None) -> dict:
+    def _search(self, sel: Selection, crop: tuple[np.ndarray, float], k: int, exclude_image: int | None) -> dict:
         t0 = time.perf_counter()
-        vector = self.embedder(sel.backbone, sel.embedding).embed([crop])
+        pixels, area = crop  # what crop_query returns
+        vector = self.embedder(sel.backbone, sel.embedding).embed([pixels], [area])
         token = secrets.token_urlsafe(12)
         query = Query(sel, vector, exclude_image)
         self._queries.put(token, query)

@@ -78,6 +78,17 @@ def _group_area(table: pd.DataFrame, n_groups: int) -> np.ndarray:
     return table.groupby("group")["area"].mean().reindex(range(n_groups), fill_value=0.0).to_numpy(np.float64)
 
 
+def _routing_boundaries(n_groups: int) -> list[float]:
+    """The groups stage's box-area boundaries (``boundaries.json``), which the ``routed`` retrieval
+    head uses to send each gallery object and query to the head of its scale group."""
+    boundaries = json.loads((layout.GROUPS / "boundaries.json").read_text())["area_boundaries"]
+    if len(boundaries) != n_groups - 1:
+        raise InputError(
+            f"data/groups has {len(boundaries) + 1} scale groups, params say {n_groups}; rerun the groups stage"
+        )
+    return [float(b) for b in boundaries]
+
+
 def resolved_train_params(params: Params, backbone: str) -> TrainParams:
     """``params.train`` with the learning rate this backbone trains at (see resolve_train_params)."""
     from stages.train.loop import resolve_train_params
@@ -131,6 +142,7 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
         group_of = table["group"].to_numpy(np.int64)
         if len(table) == 0:
             raise InputError("no training objects: check the extract and splits stages")
+        meta["group_boundaries"] = _routing_boundaries(params.groups)
         log.info("train: %s on %d training crops, %d steps", cfg.method, len(table), cfg.steps)
         out.mkdir(parents=True, exist_ok=True)
         result = train_model(

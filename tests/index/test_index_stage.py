@@ -24,6 +24,15 @@ class MeanColour:
         return torch.cat([m, m**2], dim=1)
 
 
+class AreaTagged(MeanColour):
+    """A stand-in routed model: the mean colour, then the box area it was given for the crop."""
+
+    routed = True
+
+    def embed(self, x: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+        return torch.cat([super().embed(x), areas.reshape(-1, 1).float()], dim=1)
+
+
 def _objects(tmp_path, rng, n=53):
     w = ShardWriter(tmp_path / "objects", "test", rows_per_shard=20)
     crops = [
@@ -41,7 +50,7 @@ def _objects(tmp_path, rng, n=53):
         "y1": xy[:, 1],
         "x2": xy[:, 0] + 5,
         "y2": xy[:, 1] + 5,
-        "area": np.full(n, 25.0),
+        "area": 1.0 + 10.0 * np.arange(n),  # distinct: a routed net must get each object's own
         "score": np.ones(n),
         "crop": crops,
         "extractor": ["t"] * n,
@@ -106,3 +115,21 @@ def test_query_boxes_skip_query_false_and_chunk(tmp_path):
     assert embed_queries(table, {"model": MeanColour()}, tmp_path / "out", params) == 4
     assert np.load(tmp_path / "out" / "model" / "queries.npy").shape == (4, 6)
     assert len(pd.read_parquet(tmp_path / "out" / "queries.parquet")) == 4
+
+
+def test_a_routed_model_gets_the_box_area_of_every_gallery_object_and_query(tmp_path):
+    rng = np.random.default_rng(0)
+    _objects(tmp_path, rng)
+    params = Params.model_validate({"index": {"chunk_rows": 8, "batch_size": 3}, "extract": {"crop_size": 16}})
+    nets = {"model": AreaTagged(), "pretrained": MeanColour()}
+    for name in nets:
+        (tmp_path / "out" / name).mkdir(parents=True)
+    embed_gallery(tmp_path / "objects", nets, tmp_path / "out", params)
+    vectors = np.concatenate([np.load(p) for p in vector_shards(tmp_path / "out" / "model")])
+    assert vectors[:, -1].tolist() == (1.0 + 10.0 * np.arange(53)).tolist()
+    assert np.concatenate([np.load(p) for p in vector_shards(tmp_path / "out" / "pretrained")]).shape[1] == 6
+
+    table = _table(tmp_path, np.random.default_rng(1))
+    embed_queries(table, {"model": AreaTagged()}, tmp_path / "q", params)
+    queries = pd.read_parquet(tmp_path / "q" / "queries.parquet")
+    assert np.load(tmp_path / "q" / "model" / "queries.npy")[:, -1].tolist() == queries["area"].tolist()

@@ -64,8 +64,10 @@ def test_gallery_refuses_an_index_that_does_not_match_its_table():
 
 def test_crop_query_checks_the_box():
     image = np.zeros((20, 30, 3), np.uint8)
-    assert crop_query(image, None, 16, "x").shape == (11, 16, 3)
-    assert crop_query(image, (25, 10, 60, 40), 8, "x").shape[:2] == (8, 4)  # clipped to 5x10 px
+    crop, area = crop_query(image, None, 16, "x")
+    assert crop.shape == (11, 16, 3) and area == image.shape[0] * image.shape[1]
+    crop, area = crop_query(image, (25, 10, 60, 40), 8, "x")
+    assert crop.shape[:2] == (8, 4) and area == 5 * 10  # clipped to 5x10 px
     with pytest.raises(UserError, match="empty"):
         crop_query(image, (5, 5, 5, 9), 8, "x")
     with pytest.raises(UserError, match="empty"):

@@ -313,6 +313,47 @@ def test_embed_head_first_or_mean_of_the_normalised_heads():
     assert not torch.allclose(student.embed(x), ls[0], atol=1e-3)  # the heads differ: so do the choices
 
 
+def test_routed_embedding_sends_each_crop_through_its_scale_groups_head(tmp_path):
+    import torch.nn.functional as F
+
+    from stages.groups.quantiles import assign_groups
+    from stages.model import load_model, save_model
+
+    boundaries = [100.0, 400.0]  # three groups: < 100, [100, 400), >= 400 px^2
+    student = build_student(DEFAULT_BACKBONE, 3, 8, 4, 32, pretrained=False, group_boundaries=boundaries).eval()
+    with torch.no_grad():
+        for hd in student.heads:
+            hd.l.weight.normal_()
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    areas = torch.tensor([50.0, 100.0, 399.9, 400.0, 9e4])  # on a boundary: the upper group, as the groups stage
+    with torch.no_grad():
+        ls = [F.normalize(hd.l(student.backbone(x)), dim=1) for hd in student.heads]
+    student.embed_head = "routed"
+    got = student.embed(x, areas)
+    for row, group in enumerate([0, 1, 1, 2, 2]):
+        assert torch.allclose(got[row], ls[group][row], atol=1e-6)
+    assert student.scale_group(areas).tolist() == assign_groups(areas.numpy(), np.array(boundaries)).tolist()
+    with pytest.raises(ValueError, match="box area"):
+        student.embed(x)
+    save_model(
+        tmp_path / "m.pt",
+        student,
+        {
+            "backbone": DEFAULT_BACKBONE,
+            "n_heads": 3,
+            "teacher_dim": 8,
+            "embed_dim": 4,
+            "input_size": 32,
+            "embed_head": "routed",
+            "group_boundaries": boundaries,
+        },
+    )
+    loaded, _ = load_model(tmp_path / "m.pt")
+    assert loaded.routed and torch.allclose(loaded.embed(x, areas), got, atol=1e-6)
+    one_head = build_student(DEFAULT_BACKBONE, 1, 8, 4, 32, pretrained=False, embed_head="routed").eval()
+    assert not one_head.routed and one_head.embed(x).shape == (5, 4)  # one group: nothing to route
+
+
 def test_fingerprint_ignores_how_the_trained_model_embeds():
     from stages.config import Params
     from stages.train import fingerprint
