@@ -87,14 +87,11 @@ def duplicate_groups(files: pd.DataFrame) -> list[list[int]]:
 
 
 def _sha256(path: str) -> str | None:
-    h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+            return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
-    return h.hexdigest()
 
 
 def build(cfg: ImagesParams, out_dir: Path) -> tuple[dict[str, dict], dict]:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from tqdm import tqdm
 
 from stages import layout
@@ -28,7 +29,7 @@ from stages.config import Params
 from stages.crops import crop_boxes, read_image
 from stages.crops.tensors import crops_to_tensor, decode_to_tensor
 from stages.errors import InputError, MissingInputError
-from stages.index.cache import EmbeddingCache, embedding_key, object_keys, save_cache
+from stages.index.cache import EmbeddingCache, embedding_key, net_identity, object_keys, save_cache
 from stages.index.embed import embed_chunk, iter_encoded_chunks
 from stages.model import load_model, pretrained_model
 from stages.shards import BOX_COLUMNS, shard_paths
@@ -95,7 +96,7 @@ def embed_gallery(
         raise MissingInputError(f"no object shards for split 'test' in {objects_dir}; run the extract stage")
     columns = ["object_id", "image_id", *BOX_COLUMNS, "area", "score"]
     writers = {name: VectorShardWriter(out / name, "gallery") for name in nets}
-    n, reused, all_keys = 0, 0, []
+    n, all_keys, embedded = 0, [], dict.fromkeys(nets, 0)
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     size = next(iter(nets.values())).input_size
     with atomic_path(out / "gallery.parquet") as tmp, tqdm(total=total, desc="embed gallery", unit="obj") as bar:
@@ -107,21 +108,22 @@ def embed_gallery(
             all_keys.append(keys)
             rows = {name: (caches or {}).get(name, EmbeddingCache.EMPTY).lookup(keys) for name in nets}
             miss = np.logical_or.reduce([r < 0 for r in rows.values()])
-            fresh: list[np.ndarray] = []
-            if miss.any():
-                crops = decode_to_tensor(chunk["crop"][miss].tolist(), size)
-                fresh = embed_chunk(list(nets.values()), crops, params.index.batch_size, chunk["area"][miss])
-            for k, name in enumerate(nets):
-                if miss.all():
-                    writers[name].add(fresh[k])
+            crops = decode_to_tensor(chunk["crop"][miss].tolist(), size) if miss.any() else None
+            for name, net in nets.items():
+                own = rows[name] < 0  # the rows this embedding must compute (a subset of miss)
+                if own.any():
+                    mine = crops if own[miss].all() else crops[torch.from_numpy(own[miss])]
+                    fresh = embed_chunk([net], mine, params.index.batch_size, chunk["area"][own])[0]
+                    embedded[name] += int(own.sum())
+                if own.all():
+                    writers[name].add(fresh)
                     continue
-                hits = caches[name].gather(rows[name][~miss])
+                hits = caches[name].gather(rows[name][~own])
                 vectors = np.empty((len(chunk), hits.shape[1]), np.float32)
-                vectors[~miss] = hits
-                if miss.any():
-                    vectors[miss] = fresh[k]
+                vectors[~own] = hits
+                if own.any():
+                    vectors[own] = fresh
                 writers[name].add(vectors)
-            reused += int((~miss).sum())
             table = pa.Table.from_pandas(chunk[columns], preserve_index=False)
             meta_writer = meta_writer or pq.ParquetWriter(tmp, table.schema)
             meta_writer.write_table(table)
@@ -131,7 +133,8 @@ def embed_gallery(
             raise InputError("the gallery is empty: no objects were extracted from the test images")
         meta_writer.close()
     if caches is not None:
-        log.info("index: %d gallery objects: %d embedded, %d reused from the embedding cache", n, n - reused, reused)
+        done = ", ".join(f"{name} {count} embedded, {n - count} reused" for name, count in embedded.items())
+        log.info("index: %d gallery objects (embedding cache: %s)", n, done)
     return n, np.concatenate(all_keys)
 
 
@@ -183,7 +186,8 @@ def build_index_dir(
         (out / name).mkdir(exist_ok=True)
     caches = keys = None
     if cache_dir is not None:
-        keys = {n: embedding_key(model_path, n, meta["input_size"], params.index.batch_size) for n in nets}
+        size, batch = meta["input_size"], params.index.batch_size
+        keys = {n: embedding_key(net_identity(n, net, model_path), n, size, batch) for n, net in nets.items()}
         caches = {n: EmbeddingCache(Path(cache_dir) / n, keys[n]) for n in nets}
     n_gallery, object_keys_ = embed_gallery(objects_dir, nets, out, params, caches)
     dims = {n: int(np.load(vector_shards(out / n, "gallery")[0], mmap_mode="r").shape[1]) for n in nets}

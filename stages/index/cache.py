@@ -4,11 +4,13 @@ When a photo folder grows, the index stage must not embed the old gallery again.
 ``.cache/embeddings/<backbone>/<dataset>/<embedding>/`` holds that run's gallery: ``keys.npy``
 (``[n, 2]`` int64: object id and a 64-bit hash of the object's crop bytes), the vector shards
 (hard links to the index output's ``gallery-NNNNN.npy``, copies across file systems) and
-``key.json``, the identity of the embedding (SHA-256 of ``model.pt``, embedding name, input
-size, batch size).  The next run with the same identity takes the vector of every object whose
-(id, crop hash) it finds, and embeds only the others.
+``key.json``, the identity of the embedding (SHA-256 of ``model.pt`` for the trained model, of
+the backbone's weights for ``pretrained``; embedding name, input size, batch size).  The next run
+with the same identity takes the vector of every object whose (id, crop hash) it finds, and
+embeds only the others, per embedding: a retrained model re-embeds the gallery with the model
+only, not with the unchanged pretrained backbone.
 
-* **Correct by construction**: a vector is reused only for the same model file and the same crop
+* **Correct by construction**: a vector is reused only for the same net and the same crop
   bytes under the same object id, so a re-extraction, a resumed or older objects folder (ids
   given again to other crops) or a retrained model can never get a stale vector.
 * **Outside DVC** (like ``models/<backbone>/checkpoint.pt``): the index output stays a plain DVC
@@ -29,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from stages.atomic import save_npy, write_text
 from stages.vectors.shards import shard_rows, vector_shards
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingCache", "embedding_key", "object_keys", "save_cache"]
+__all__ = ["EmbeddingCache", "embedding_key", "net_identity", "object_keys", "save_cache"]
 
 KEY_FILE = "key.json"
 KEYS_FILE = "keys.npy"
@@ -48,16 +51,27 @@ def object_keys(chunk: pd.DataFrame) -> np.ndarray:
     return np.stack([chunk["object_id"].to_numpy(np.int64), crops.view(np.int64)], axis=1)
 
 
-def embedding_key(model_path: Path, embedding: str, input_size: int, batch_size: int) -> str:
-    """The identity of an embedding: the model file's bytes and how crops are fed to it."""
-    h = hashlib.sha256()
-    with open(model_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+def embedding_key(identity: str, embedding: str, input_size: int, batch_size: int) -> str:
+    """The identity of an embedding: its net (:func:`net_identity`) and how crops are fed to it."""
     return json.dumps(
-        {"model": h.hexdigest(), "embedding": embedding, "input_size": input_size, "batch_size": batch_size},
+        {"model": identity, "embedding": embedding, "input_size": input_size, "batch_size": batch_size},
         sort_keys=True,
     )
+
+
+def net_identity(embedding: str, net: torch.nn.Module, model_path: Path) -> str:
+    """What an embedding's vectors depend on: for ``model``, the bytes of ``model.pt`` (weights and
+    how it embeds: ``embed_head``, group boundaries); for ``pretrained``, the untrained net's
+    weights, the same for every model trained from that backbone, so retraining reuses them."""
+    if embedding != "pretrained":
+        with open(model_path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "weights:" + h.hexdigest()
 
 
 class EmbeddingCache:

@@ -196,17 +196,19 @@ def _shards(directory: Path, crops: list[bytes], ids: np.ndarray, images: np.nda
     return directory
 
 
-def _embed(objects: Path, out: Path, cache_dir: Path | None, key: str = '{"model": "m"}'):
+def _embed(objects: Path, out: Path, cache_dir: Path | None, key: str = '{"model": "m"}', pretrained_key=None):
     nets = {"model": MeanColour(), "pretrained": MeanColour()}
+    keys = {"model": key, "pretrained": pretrained_key or key}
     for name in nets:
         (out / name).mkdir(parents=True, exist_ok=True)
-    caches = {name: EmbeddingCache(cache_dir / name, key) for name in nets} if cache_dir else None
+    caches = {name: EmbeddingCache(cache_dir / name, keys[name]) for name in nets} if cache_dir else None
     params = Params.model_validate({"index": {"chunk_rows": 12, "batch_size": 5}})
-    n, keys = embed_gallery(objects, nets, out, params, caches)
+    n, object_keys_ = embed_gallery(objects, nets, out, params, caches)
     if cache_dir:
         for name in nets:
-            save_cache(cache_dir / name, key, keys, vector_shards(out / name, "gallery"))
+            save_cache(cache_dir / name, keys[name], object_keys_, vector_shards(out / name, "gallery"))
     vectors = np.concatenate([np.load(p) for p in vector_shards(out / "model", "gallery")])
+    _embed.pretrained_rows = nets["pretrained"].rows
     return vectors, nets["model"].rows, pd.read_parquet(out / "gallery.parquet")
 
 
@@ -238,7 +240,9 @@ def test_index_embeds_only_new_objects(tmp_path):
     pd.testing.assert_frame_equal(gallery, fresh_gallery)
     assert gallery["object_id"].tolist() == ids.tolist()
 
-    _, embedded, _ = _embed(v2, tmp_path / "out4", cache, key='{"model": "retrained"}')
-    assert embedded == 50  # another model: nothing reused
+    _, embedded, _ = _embed(v2, tmp_path / "out4", cache, key='{"model": "retrained"}', pretrained_key='{"model": "m"}')
+    assert embedded == 50 and _embed.pretrained_rows == 0  # a retrained model: only its own vectors again
+    _, embedded, _ = _embed(v2, tmp_path / "out5", cache, key='{"model": "other"}')
+    assert embedded == 50 and _embed.pretrained_rows == 50  # another backbone: nothing reused
     keys = object_keys(pd.read_parquet(v2 / "test-00000.parquet"))
     assert keys.shape == (20, 2) and keys.dtype == np.int64  # shards hold whole images of 10

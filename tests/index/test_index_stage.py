@@ -133,3 +133,23 @@ def test_a_routed_model_gets_the_box_area_of_every_gallery_object_and_query(tmp_
     embed_queries(table, {"model": AreaTagged()}, tmp_path / "q", params)
     queries = pd.read_parquet(tmp_path / "q" / "queries.parquet")
     assert np.load(tmp_path / "q" / "model" / "queries.npy")[:, -1].tolist() == queries["area"].tolist()
+
+
+def test_the_pretrained_embedding_is_identified_by_its_weights_not_the_trained_model(tmp_path):
+    from stages.backbones import DEFAULT_BACKBONE
+    from stages.index.cache import net_identity
+    from stages.model import build_student, pretrained_model, save_model
+
+    meta = {"backbone": DEFAULT_BACKBONE, "n_heads": 1, "teacher_dim": 8, "embed_dim": 4, "input_size": 16}
+    identities = []
+    for seed in (0, 1):  # two trained models of one backbone
+        torch.manual_seed(seed)
+        save_model(tmp_path / f"{seed}.pt", build_student(DEFAULT_BACKBONE, 1, 8, 4, 16, pretrained=False), meta)
+        base = pretrained_model(meta)
+        identities.append({n: net_identity(n, base, tmp_path / f"{seed}.pt") for n in ("model", "pretrained")})
+    assert identities[0]["model"] != identities[1]["model"]
+    assert identities[0]["pretrained"] == identities[1]["pretrained"]
+    other = build_student(DEFAULT_BACKBONE, 0, 8, 4, 16, pretrained=False)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    assert net_identity("pretrained", other, tmp_path / "0.pt") != identities[0]["pretrained"]
