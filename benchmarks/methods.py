@@ -2,7 +2,8 @@
 
 Each config runs in its own scratch folder (``benchmarks/.runs/<config>-s<seed>``) that links to
 the pipeline's data (``data/``: run ``dvc repro`` first), so the workspace's models, indexes and
-metrics are left alone. Writes ``benchmarks/results/methods.json``: one flat key per config, seed
+metrics are left alone; the folders share one embedding cache (``benchmarks/.runs/.cache``), so
+the untrained backbone's gallery vectors are computed once, the same for every config. Writes ``benchmarks/results/methods.json``: one flat key per config, seed
 and metric (``<config>_s<seed>_<metric>``, e.g. ``ms_ugcml_s0_O-R@1``; the small-object bucket as
 ``<config>_s<seed>_size_0-20_<metric>``), plus the untrained backbone (``none``), and prints a
 Markdown table of the mean and min-max over the seeds.
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from stages.metrics.bootstrap import paired_bootstrap  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "methods.json"
+SHARED_CACHE = ROOT / "benchmarks" / ".runs" / ".cache"
 HEADLINE = ("O-R@1", "O-mAP", "O-mAP_std", "I-R@1", "I-mAP")
 SUBSETS = ("all", "size_0-20")
 PAIRED = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")  # the per-query values the evaluate stage writes
@@ -70,6 +72,10 @@ def _link_data(folder: Path, own_groups: bool) -> None:
     if data.is_symlink():  # the older layout linked the whole folder
         data.unlink()
     data.mkdir(parents=True, exist_ok=True)
+    cache = folder / ".cache"  # one embedding cache for all runs: the untrained backbone is embedded once
+    if not cache.is_symlink():
+        SHARED_CACHE.mkdir(parents=True, exist_ok=True)
+        cache.symlink_to(SHARED_CACHE, target_is_directory=True)
     for child in (ROOT / "data").iterdir():
         link = data / child.name
         if child.name == "groups" and own_groups:
