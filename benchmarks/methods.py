@@ -4,7 +4,8 @@ Each config runs in its own scratch folder (``benchmarks/.runs/<config>-s<seed>`
 the pipeline's data (``data/``: run ``dvc repro`` first), so the workspace's models, indexes and
 metrics are left alone; the folders share one embedding cache (``benchmarks/.runs/.cache``), so
 the untrained backbone's gallery vectors are computed once, the same for every config.
-Writes ``benchmarks/results/methods.json``: one flat key per config, seed and metric (``<config>_s<seed>_<metric>``, e.g. ``ms_ugcml_s0_O-R@1``; the small-object bucket as
+Writes ``benchmarks/results/methods.json``: one flat key per config, seed and metric
+(``<config>_s<seed>_<metric>``, e.g. ``ms_ugcml_s0_O-R@1``; the small-object bucket as
 ``<config>_s<seed>_size_0-20_<metric>``), plus the untrained backbone (``none``), and prints a
 Markdown table of the mean and min-max over the seeds.
 
