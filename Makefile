@@ -25,7 +25,7 @@ test: install
 	@dpkg -s $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1 || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) >/dev/null)
 	$(MAKE) lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=25
 
 # ruff: lint (pycodestyle, pyflakes, import order, bugbear) and format, as configured in pyproject.toml;
 # `make test` runs it first, so a violation fails CI. `$(BIN)/ruff format .` fixes the format.
