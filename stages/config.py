@@ -308,7 +308,9 @@ class TrainParams(_Strict):
     )
     ckd_weight: float = Field(1.0, ge=0, description="weight of L_CKD in the total (paper: 1; 0: no CKD, an ablation)")
     ckd_rows: Literal["all", "shared"] = Field(
-        "all", description="CKD on every crop of the batch (each head embeds all), or only on crops two sets share"
+        "shared",
+        description="CKD only on the crops two mixed-scale sets share (the authors' code), or on every crop of the "
+        "batch through every head (all: collapsed the embedding on the default data, README)",
     )
     clusters: int = Field(100, ge=2, description="k-means centroids of collaborative distillation (eq. 1-2)")
     ckd_tau: float = Field(0.1, gt=0, description="temperature of the centroid similarity softmax (CKD)")

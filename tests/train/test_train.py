@@ -106,7 +106,8 @@ def test_one_group_ms_ugcml_is_stml(tmp_path, crops):
 
 
 def test_ms_ugcml_has_one_head_per_group_and_logs_ckd(tmp_path, crops):
-    res = run(tmp_path, crops, cfg=CFG.model_copy(update={"method": "ms_ugcml", "mix_share": 0.5}), n_groups=3)
+    update = {"method": "ms_ugcml", "mix_share": 0.5, "ckd_rows": "all"}
+    res = run(tmp_path, crops, cfg=CFG.model_copy(update=update), n_groups=3)
     assert len(res.student.heads) == 3
     rows = [line.split("\t") for line in (tmp_path / "log.tsv").read_text().splitlines()]
     ckd = [float(r[rows[0].index("ckd")]) for r in rows[1:]]
