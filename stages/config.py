@@ -313,7 +313,9 @@ class TrainParams(_Strict):
         "batch through every head (all: collapsed the embedding on the default data, README)",
     )
     clusters: int = Field(100, ge=2, description="k-means centroids of collaborative distillation (eq. 1-2)")
-    ckd_tau: float = Field(0.1, gt=0, description="temperature of the centroid similarity softmax (CKD)")
+    ckd_tau: float = Field(
+        1.0, gt=0, description="temperature of the centroid similarity softmax (CKD); the authors' T = 1, 0.1 collapsed"
+    )
     mix_share: float = Field(
         0.1, ge=0, le=1, description="share of each smaller group's crops mixed into a group's set"
     )
