@@ -106,7 +106,9 @@ def _stages(folder: Path, stages: tuple[str, ...]) -> None:
         )
 
 
-def run_config(name: str, seed: int, base: dict, extra: dict, tag: str = "") -> dict[str, dict]:
+def run_config(
+    name: str, seed: int, base: dict, extra: dict, tag: str = "", heads: tuple[str, ...] = RETRIEVAL_HEADS
+) -> dict[str, dict]:
     """Metrics of one config (and of its first head, for ms_ugcml) in a scratch folder."""
     train, top = CONFIGS[name]
     folder = ROOT / "benchmarks" / ".runs" / f"{name}{tag}-s{seed}"
@@ -123,7 +125,7 @@ def run_config(name: str, seed: int, base: dict, extra: dict, tag: str = "") -> 
     out[f"{name}{tag}"]["seconds"] = round(time.perf_counter() - t0, 1)
     out[f"{name}{tag}"]["runs"] = per_query_runs(folder, backbone, dataset, f"{name}{tag}", "none")
     if params["train"]["method"] == "ms_ugcml" and params["groups"] > 1:  # the same model, other heads
-        for head in RETRIEVAL_HEADS:
+        for head in heads:
             params["train"]["embed_head"] = head
             _write_params(folder, params)
             _stages(folder, ("train", "index", "evaluate"))  # train resumes the finished run
@@ -191,6 +193,13 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=None, help="train.queries of every config (default: params.yaml)")
     ap.add_argument("--set", nargs="*", default=[], help="extra train.KEY=VALUE overrides (YAML values)")
     ap.add_argument("--tag", default="", help="suffix of the keys and folders of this run, e.g. _long")
+    ap.add_argument(
+        "--heads",
+        nargs="*",
+        default=list(RETRIEVAL_HEADS),
+        choices=RETRIEVAL_HEADS,
+        help="retrieval heads of each ms_ugcml model besides the mean (default: all; none: --heads)",
+    )
     args = ap.parse_args()
     base = YAML(typ="safe", pure=True).load(Path(args.params))
     extra = {k: YAML(typ="safe", pure=True).load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -202,7 +211,7 @@ def main() -> None:
     for seed in args.seeds:
         per_query: dict[str, pd.DataFrame] = {}
         for config in args.configs:
-            for name, m in run_config(config, seed, base, extra, args.tag).items():
+            for name, m in run_config(config, seed, base, extra, args.tag, tuple(args.heads)).items():
                 runs = m.pop("runs")
                 per_query[name] = runs[name]
                 per_query.setdefault("none", runs["none"])
