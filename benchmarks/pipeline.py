@@ -4,7 +4,8 @@ Writes benchmarks/results/pipeline.json: {"<stage>_s": seconds, ..., "total_s": 
 Run from the project root: `python benchmarks/pipeline.py [--params params.yaml]`.
 Stages run in DAG order in the working tree, as `dvc repro --force` runs them, after removing
 the resumable state of the default dataset and backbone (extraction manifest, training
-checkpoint) so that every stage computes from scratch instead of resuming a finished run.
+checkpoint, embedding cache) so that every stage computes from scratch, as on a fresh clone,
+instead of resuming a finished run or reusing its vectors.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from stages.config import load_params
-from stages.layout import model_dir, objects_dir
+from stages.layout import embedding_cache, model_dir, objects_dir
 
 STAGES = ("data", "extract", "splits", "groups", "train", "index", "evaluate", "summary")
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
@@ -32,6 +34,7 @@ def main() -> None:
     params = load_params(args.params)
     for state in (objects_dir(params.datasets[0]) / "manifest.json", model_dir(params.backbones[0]) / "checkpoint.pt"):
         state.unlink(missing_ok=True)
+    shutil.rmtree(embedding_cache(params.backbones[0], params.datasets[0]), ignore_errors=True)
     timings: dict[str, float] = {}
     for stage in STAGES:
         t0 = time.perf_counter()

@@ -242,9 +242,9 @@ def child_embed(folder: Path, n: int, sample: int = 2048) -> dict:
     source = ShardCrops(locate(folder, "train", np.sort(rows)), INPUT)
     student = build_student(DEFAULT_BACKBONE, 4, cfg.teacher_dim, cfg.embed_dim, INPUT)
     group_of = np.arange(sample) % 4
-    refresh_embeddings(student, source, group_of[:256], 128, True, rows=np.arange(256))  # warm-up
+    refresh_embeddings(student, source, group_of[:256], cfg.batch_embed, True, rows=np.arange(256))  # warm-up
     t0 = time.perf_counter()
-    refresh_embeddings(student, source, group_of, 128, True, workers=cfg.workers)
+    refresh_embeddings(student, source, group_of, cfg.batch_embed, True, workers=cfg.workers)
     del torch
     return {"seconds_per_crop": (time.perf_counter() - t0) / sample, "sample": sample, "backbone": DEFAULT_BACKBONE}
 

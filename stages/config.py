@@ -249,6 +249,12 @@ class ExtractParams(_Strict):
     ray_workers: int | None = Field(
         None, ge=1, description="extractor actors (null: one per GPU of the cluster, else one per CPU)"
     )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="local engine: processes running the graph extractor, each on whole images (null: one "
+        "per CPU core; 1: this process); sam always runs in this process, which holds its model",
+    )
 
 
 class TrainParams(_Strict):
@@ -330,7 +336,7 @@ class TrainParams(_Strict):
     freeze_bn: bool = Field(True, description="keep backbone BatchNorm statistics fixed (k-NN batches are not i.i.d.)")
     aug_scale: tuple[float, float] = Field((0.16, 1.0), description="random-resized-crop area range (STML)")
     aug_colour: bool = Field(False, description="also jitter brightness/contrast (STML: no colour change)")
-    batch_embed: int = Field(128, ge=1, description="batch size when embedding all crops")
+    batch_embed: int = Field(128, ge=1, description="crops per backbone pass of a refresh (~1024 on a GPU)")
     workers: int = Field(
         2, ge=0, description="DataLoader worker processes reading and decoding streamed crops (0: the main process)"
     )
@@ -404,7 +410,7 @@ class IndexParams(_Strict):
     flat_max: int = Field(
         1_000_000, ge=1, description="largest gallery that auto indexes exactly (Flat: 4*d bytes per object)"
     )
-    batch_size: int = Field(256, ge=1, description="crops per embedding batch")
+    batch_size: int = Field(64, ge=1, description="crops per embedding pass (64 suits a CPU's caches; ~1024 on a GPU)")
     chunk_rows: int = Field(
         50_000, ge=1, description="gallery crops decoded and embedded per chunk = rows per embedding shard"
     )

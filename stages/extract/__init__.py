@@ -20,7 +20,7 @@ from stages.config import SOURCES, ExtractParams, Params
 from stages.crops import image_reader, read_image
 from stages.errors import InputError, MissingInputError
 from stages.extract.extraction import Engine, extract_dataset
-from stages.extract.local import local_results
+from stages.extract.local import default_workers, local_results
 from stages.extract.proposals import Proposals, image_objects
 from stages.extract.resume import extract_fingerprint
 from stages.tables import load_split
@@ -75,7 +75,8 @@ def extract_tables(
     """Extract the images of ``tables`` (split -> DataFrame with ``image_id, path``) into
     ``objects_dir`` with the local engine (or ``engine``); returns the summary.  ``reader(path)``
     decodes an image; ``incremental``: follow a changed table image by image (photo folders)."""
-    engine = engine or functools.partial(local_results, extractor=extractor, cfg=cfg, reader=reader)
+    workers = (cfg.workers or default_workers()) if extractor.name == "graph" else 1
+    engine = engine or functools.partial(local_results, extractor=extractor, cfg=cfg, reader=reader, workers=workers)
     return extract_dataset(tables, objects_dir, engine, extractor.name, cfg, fingerprint, incremental)
 
 

@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 _VERSION = 1
 # Parameters that change how the work is run, not its result: a change keeps what is extracted.
-_RUN_ONLY = {"engine", "ray_address", "ray_workers"}
+_RUN_ONLY = {"engine", "ray_address", "ray_workers", "workers"}
 _SAM_RUN_ONLY = {"device"}
 
 

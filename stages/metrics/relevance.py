@@ -229,16 +229,22 @@ class RelevanceLookup:
     ``labels`` is the ``[G, C]`` output of :func:`relevant_classes` or :func:`max_iou_classes`;
     ``gallery_image`` the image of each gallery row (needed to exclude a query's own image).
     Preparation sorts the true entries once (``O(nnz log nnz)``); each lookup is a
-    ``searchsorted`` of the chunk's ``[Q, K]`` ranks, so a streamed evaluation costs the same as
-    one over all queries at once.
+    ``searchsorted`` of the chunk's ``[Q, K]`` ranks (a gather of each row's class when no row has
+    two labels), so a streamed evaluation costs the same as one over all queries at once.
     """
 
     def __init__(self, labels: sp.spmatrix, gallery_image: np.ndarray | None = None):
         rows, cols, self.keys, self.n_cls = _label_keys(labels)
         self.n_gallery = int(labels.shape[0])
         self.per_class = np.bincount(cols, minlength=self.n_cls).astype(np.int64)
+        per_row = np.bincount(rows, minlength=self.n_gallery)
         #: gallery rows with at least one label (at image level: objects that overlap a GT box)
-        self.labelled = np.bincount(rows, minlength=self.n_gallery) > 0
+        self.labelled = per_row > 0
+        #: the class of each row (-1: none) when no row has two (max_iou labelling): a lookup is a gather
+        self.row_class = None
+        if per_row.max(initial=0) <= 1:
+            self.row_class = np.full(self.n_gallery, -1, np.int32)
+            self.row_class[rows] = cols
         self.gallery_image = None
         if gallery_image is not None:
             self.gallery_image = np.asarray(gallery_image, dtype=np.int64).reshape(-1)
@@ -267,7 +273,11 @@ class RelevanceLookup:
             raise ValueError(f"ranked holds gallery index {ranked.max()} >= gallery size {self.n_gallery}")
         query_class, class_ok, _ = self._classes(query_class, ranked.shape[0])
         valid = ranked >= 0
-        _, found = _lookup(self.keys, np.where(valid, ranked, 0) * np.int64(self.n_cls) + query_class[:, None])
+        safe = np.where(valid, ranked, 0)
+        if self.row_class is not None:
+            found = self.row_class[safe] == query_class[:, None]
+        else:
+            _, found = _lookup(self.keys, safe * np.int64(self.n_cls) + query_class[:, None])
         return found & valid & class_ok[:, None]
 
     def totals(self, query_class: np.ndarray, query_image: np.ndarray | None = None) -> np.ndarray:

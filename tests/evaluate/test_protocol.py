@@ -262,6 +262,20 @@ def test_break_ties_orders_equal_distances_by_row():
     assert r.tolist() == [[5, 2, 8, -1]] and d[0, :3].tolist() == pytest.approx([0.1, 0.2, 0.2])
 
 
+def test_break_ties_of_sorted_rows_equals_a_two_key_sort():
+    """FAISS-sorted rows with many ties and empty tail slots: the run-wise fast path gives the
+    (distance, row) order of a plain two-key sort."""
+    rng = np.random.default_rng(3)
+    dist = np.sort(rng.integers(0, 6, (7, 40)).astype(np.float32), axis=1)
+    ranked = np.stack([rng.permutation(100)[:40] for _ in range(7)])
+    dist[2, 30:], ranked[2, 30:] = np.inf, -1  # fewer results than asked
+    d, r = break_ties(dist, ranked)
+    order = np.lexsort((np.where(ranked < 0, 10**9, ranked), dist), axis=-1)
+    np.testing.assert_array_equal(r, np.take_along_axis(ranked, order, axis=1))
+    np.testing.assert_array_equal(d, np.take_along_axis(dist, order, axis=1))
+    assert r[2, 30:].tolist() == [-1] * 10
+
+
 def test_choose_examples_spread_over_buckets():
     side = np.array([5, 6, 7, 25, 26, 45, 80, 150, 160, 170])
     masks = query_masks(pd.DataFrame({"category_id": np.zeros(10, int), "area": side**2.0}), [])

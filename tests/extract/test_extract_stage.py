@@ -53,3 +53,22 @@ def test_bad_images_are_skipped_and_counted(dataset):
     train = read_objects(layout.objects_dir("synthetic"), "train", columns=["object_id"])
     test = read_objects(layout.objects_dir("synthetic"), "test", columns=["object_id"])
     assert not set(train["object_id"]) & set(test["object_id"])  # ids unique across splits
+
+
+def test_worker_processes_give_the_images_of_one_process(scenes):
+    """The graph extractor in 2 processes returns, in table order, what this process returns."""
+    from stages.extract import build_extractor
+    from stages.extract.local import IMAGES_PER_WORKER, local_results
+
+    table = scenes(2 * IMAGES_PER_WORKER + 1, bad=(5,))
+    cfg = Params.model_validate({"extract": {"crop_size": 16}}).extract
+    extractor = build_extractor(cfg)
+    one = list(local_results(table, extractor, cfg, workers=1))
+    two = list(local_results(table, extractor, cfg, workers=2))
+    assert [r.image_id for r in two] == [r.image_id for r in one] == table["image_id"].tolist()
+    assert [r.objects is None for r in two] == [i == 5 for i in range(len(table))]
+    for a, b in zip(one, two):
+        if a.objects is None:
+            continue
+        np.testing.assert_array_equal(a.objects["boxes"], b.objects["boxes"])
+        assert a.objects["crops"] == b.objects["crops"] and len(a.objects["crops"]) > 0

@@ -251,3 +251,27 @@ def test_own_image_hits_and_drop_same_image_values():
     assert shown.tolist() == [[2, -1, -1, -1], [3, 0, 1, -1]]
     assert d.tolist() == [[0.2, np.inf, np.inf, np.inf], [0.1, 0.3, 0.4, np.inf]]
     assert drop_same_image(ranked, q_img, gallery_image).tolist() == shown.tolist()
+
+
+def test_single_label_gather_equals_the_sorted_key_lookup():
+    """A gallery with one class at most per row is looked up by a gather of each row's class; it
+    gives what the general sorted-key lookup gives (out-of-range classes and -1 slots included)."""
+    from stages.metrics.relevance import RelevanceLookup
+
+    rng = np.random.default_rng(5)
+    g, c = 60, 4
+    cls = rng.integers(-1, c, g)  # -1: an unlabelled row
+    labels = sp.csr_matrix((np.ones((cls >= 0).sum(), bool), (np.flatnonzero(cls >= 0), cls[cls >= 0])), (g, c))
+    fast = RelevanceLookup(labels)
+    general = RelevanceLookup(labels)
+    general.row_class = None
+    assert fast.row_class is not None and fast.row_class.tolist() == cls.tolist()
+    ranked = rng.integers(-1, g, (9, 25))
+    q_cls = np.array([0, 1, 2, 3, 0, 1, 7, -1, 2])
+    rel = fast.relevant(ranked, q_cls)
+    np.testing.assert_array_equal(rel, general.relevant(ranked, q_cls))
+    assert rel[0].tolist() == [(r >= 0) and cls[r] == 0 for r in ranked[0]] and rel.any()
+    assert not rel[6:8].any()
+    multi = labels.tolil()
+    multi[0, (cls[0] + 1) % c] = True  # one row with two classes: the general lookup
+    assert RelevanceLookup(multi.tocsr()).row_class is None
