@@ -34,6 +34,9 @@ __all__ = ["EXTRACTORS", "Extractor", "build_extractor", "image_objects", "extra
 
 
 class Extractor(Protocol):
+    """``name`` is stored with each object; an extractor with a true ``processes`` attribute may
+    run in worker processes of the local engine (``extract.workers``), others in this process."""
+
     name: str
 
     def propose(self, image: np.ndarray) -> Proposals | tuple[np.ndarray, np.ndarray]: ...
@@ -75,7 +78,7 @@ def extract_tables(
     """Extract the images of ``tables`` (split -> DataFrame with ``image_id, path``) into
     ``objects_dir`` with the local engine (or ``engine``); returns the summary.  ``reader(path)``
     decodes an image; ``incremental``: follow a changed table image by image (photo folders)."""
-    workers = (cfg.workers or default_workers()) if extractor.name == "graph" else 1
+    workers = (cfg.workers or default_workers()) if getattr(extractor, "processes", False) else 1
     engine = engine or functools.partial(local_results, extractor=extractor, cfg=cfg, reader=reader, workers=workers)
     return extract_dataset(tables, objects_dir, engine, extractor.name, cfg, fingerprint, incremental)
 

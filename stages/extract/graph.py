@@ -437,6 +437,7 @@ class GraphExtractor:
     """Weight-free object proposals (see the module docstring)."""
 
     name = "graph"
+    processes = True  # CPU-bound and picklable: the local engine runs it in one process per core
 
     def __init__(self, cfg: GraphExtractorParams | None = None):
         self.cfg = cfg if cfg is not None else GraphExtractorParams()
