@@ -345,7 +345,7 @@ class TrainParams(_Strict):
         2.0,
         ge=0,
         description="decoded crops (N x 3 x input_size^2 bytes) are held in memory when they fit this many GiB, "
-        "else streamed from the shards at every step (same batches, same model)",
+        "else packed once beside the checkpoint and streamed from there at every step (same batches, same model)",
     )
     refresh_memory_gb: float = Field(
         1.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from stages.errors import InputError
 from stages.model import backbone_meta, build_student, save_model
 from stages.shards import shard_paths
 from stages.shards.by_id import ShardLocations, locate
-from stages.train.data import CropSource, training_crops
+from stages.train.data import CropSource, PackedCrops, training_crops
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,19 @@ def training_objects(objects_dir: Path, split: str = "train") -> tuple[pd.DataFr
 
 
 def load_training_crops(
-    objects_dir: Path, input_size: int, cache_gb: float = float("inf"), workers: int = 0, split: str = "train"
+    objects_dir: Path,
+    input_size: int,
+    cache_gb: float = float("inf"),
+    workers: int = 0,
+    split: str = "train",
+    pack_folder: Path | None = None,
 ) -> tuple[pd.DataFrame, CropSource]:
     """Training objects with their scale group, and their crops: decoded in memory when they fit
-    ``cache_gb`` (the rule of :func:`stages.train.data.training_crops`), else streamed."""
+    ``cache_gb`` (the rule of :func:`stages.train.data.training_crops`), else streamed (packed
+    into ``pack_folder`` first when given; under torchrun rank 0 packs)."""
     table, locations = training_objects(objects_dir, split)
-    return table, training_crops(locations, input_size, cache_gb, workers)
+    rank = int(os.environ.get("RANK", "0"))
+    return table, training_crops(locations, input_size, cache_gb, workers, pack_folder, rank)
 
 
 def data_identity(objects_dir: Path, object_ids: np.ndarray, group_of: np.ndarray, split: str = "train") -> str:
@@ -138,7 +146,10 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
     else:
         objects_dir = layout.objects_dir(params.train_on)
         split = params.train_split()
-        table, crops = load_training_crops(objects_dir, cfg.input_size, cfg.cache_gb, cfg.workers, split)
+        packed = out / "checkpoint.crops"  # beside the checkpoint: kept for a resume, removed when done
+        table, crops = load_training_crops(
+            objects_dir, cfg.input_size, cfg.cache_gb, cfg.workers, split, pack_folder=packed
+        )
         group_of = table["group"].to_numpy(np.int64)
         if len(table) == 0:
             raise InputError("no training objects: check the extract and splits stages")
@@ -166,5 +177,7 @@ def run(params: Params, backbone: str, stop_after: int | None = None) -> None:
         model = result.student
         if not result.is_main or (stop_after is not None and stop_after < cfg.steps):
             return  # under torchrun only rank 0 writes
+        if isinstance(crops, PackedCrops):
+            crops.remove()
     save_model(out / "model.pt", model, meta)
     dump_params(params, stage_keys(PARAMS, backbone=backbone), out / "params.json")

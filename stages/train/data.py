@@ -1,12 +1,17 @@
-"""What feeds a training step and a refresh: the training crops, in memory or streamed from the shards.
+"""What feeds a training step and a refresh: the training crops, in memory or streamed.
 
-Two sources give the same uint8 crops ``[b, 3, S, S]`` (each crop decoded and resized by
+Three sources give the same uint8 crops ``[b, 3, S, S]`` (each crop decoded and resized by
 :func:`stages.crops.tensors.decode_to_tensor`), hence the same batches and the same model:
 
 * :class:`ShardCrops` reads each asked crop from the Parquet shards by id (object id -> shard,
-  row group, row: :mod:`stages.shards.by_id`) and decodes it; it holds 8 bytes per crop.
+  row group, row: :mod:`stages.shards.by_id`) and decodes it; it holds 8 bytes per crop. Random
+  access this way parses a shard's footer (~17 MB for 50,000 rows) at each file it opens, so it
+  serves sequential reads: filling the two sources below.
 * :class:`MemoryCrops` holds every decoded crop (``3 S²`` bytes each); :func:`training_crops`
   builds it, shard by shard, when that fits ``train.cache_gb``.
+* :class:`PackedCrops`, above ``train.cache_gb``: the run's encoded crops copied once, in storage
+  order, into one file beside the checkpoint (:func:`pack_crops`); a step reads each crop with
+  one ``os.pread`` of its bytes (16 bytes per crop held, memory-mapped).
 
 :func:`batch_loader` turns a list of index batches into a ``torch.utils.data.DataLoader`` whose
 worker processes (``train.workers``) read and decode streamed crops ahead of the step (pinned
@@ -19,7 +24,12 @@ that fits ``train.refresh_memory_gb``, else float16 files on disk mapped one chu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from stages.atomic import save_npy, write_json
 from stages.crops.tensors import decode_to_tensor
 from stages.shards.by_id import ShardLocations, ShardReader
 from stages.vectors.rows import ArrayRows, MappedRows
@@ -78,7 +89,99 @@ class ShardCrops:
         return MemoryCrops(out)
 
 
-CropSource = MemoryCrops | ShardCrops
+class PackedCrops:
+    """Encoded crops packed by :func:`pack_crops` in ``folder``: ``crops.bin`` (the bytes, one
+    crop after the other) and ``spans.npy`` (int64 ``[N, 2]``: where crop i starts and ends,
+    memory-mapped). Pickles without its open file and map (a DataLoader worker opens its own)."""
+
+    def __init__(self, folder: Path, size: int):
+        self.folder, self.size = Path(folder), size
+        self._spans: np.ndarray | None = None
+        self._fd: int | None = None
+
+    def __getstate__(self):
+        return {"folder": self.folder, "size": self.size, "_spans": None, "_fd": None}
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    @property
+    def spans(self) -> np.ndarray:
+        if self._spans is None:
+            self._spans = np.load(self.folder / "spans.npy", mmap_mode="r")
+        return self._spans
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def load(self, items: np.ndarray) -> torch.Tensor:
+        if self._fd is None:
+            self._fd = os.open(self.folder / "crops.bin", os.O_RDONLY)
+        spans = self.spans[np.asarray(items, dtype=np.int64)]
+        data = [os.pread(self._fd, int(end - start), int(start)) for start, end in spans.tolist()]  # I/O per crop
+        return decode_to_tensor(data, self.size)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+PACKED = "packed.json"  # written last: the pack is complete and of these crops
+
+
+def _pack_identity(locations: ShardLocations) -> str:
+    """The shards (name, size, modification time) and the selection (shard, row of every crop)."""
+    digest = hashlib.sha256()
+    for p in locations.paths:
+        st = os.stat(p)
+        digest.update(f"{Path(p).name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    digest.update(np.ascontiguousarray(locations.shard).tobytes())
+    digest.update(np.ascontiguousarray(locations.row).tobytes())
+    return digest.hexdigest()
+
+
+def pack_crops(stream: ShardCrops, folder: Path, rank: int = 0, wait_s: float = 1.0) -> PackedCrops:
+    """The crops of ``stream`` packed into ``folder`` (kept, and reused by a resumed run of the same
+    crops): read once in storage order (each row group once), written one after the other.
+
+    Disk: the encoded bytes of the selected crops. Under torchrun rank 0 packs; the other ranks
+    wait for its ``packed.json`` (``folder`` must be on a file system every rank sees)."""
+    folder = Path(folder)
+    key = _pack_identity(stream.locations)
+    marker = folder / PACKED
+
+    def complete() -> bool:
+        try:
+            return json.loads(marker.read_text())["crops"] == key
+        except (OSError, ValueError, KeyError):
+            return False
+
+    if rank != 0:
+        while not complete():
+            time.sleep(wait_s)
+        return PackedCrops(folder, stream.size)
+    if complete():
+        log.info("train: reusing the packed crops in %s", folder)
+        return PackedCrops(folder, stream.size)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    spans = np.zeros((len(stream), 2), dtype=np.int64)
+    order = stream.locations.storage_order()
+    pos = 0
+    with open(folder / "crops.bin", "wb") as f:
+        for items in tqdm(list(chunked(order, CACHE_CHUNK)), desc="pack training crops", unit="chunk"):
+            data = stream.reader.read(items)
+            ends = pos + np.cumsum(np.fromiter(map(len, data), dtype=np.int64, count=len(data)))
+            spans[items, 0] = np.concatenate([[pos], ends[:-1]])
+            spans[items, 1] = ends
+            pos = int(ends[-1])
+            f.write(b"".join(data))
+    save_npy(folder / "spans.npy", spans)
+    write_json(marker, {"crops": key, "count": len(stream), "bytes": pos})
+    return PackedCrops(folder, stream.size)
+
+
+CropSource = MemoryCrops | ShardCrops | PackedCrops
 
 
 def as_source(crops) -> CropSource:
@@ -92,20 +195,29 @@ def fits_in_memory(n: int, bytes_per_item: int, memory_gb: float) -> bool:
     return n * bytes_per_item <= memory_gb * GB
 
 
-def training_crops(locations: ShardLocations, size: int, cache_gb: float, workers: int = 0) -> CropSource:
+def training_crops(
+    locations: ShardLocations,
+    size: int,
+    cache_gb: float,
+    workers: int = 0,
+    pack_folder: Path | None = None,
+    rank: int = 0,
+) -> CropSource:
     """The crops of a run: decoded in memory when ``N * 3 * size²`` bytes fit ``cache_gb``, else
-    streamed from the shards at every step (same crops, same batches either way)."""
+    packed into ``pack_folder`` and streamed from there at every step (from the shards when no
+    folder is given); the same crops and batches either way."""
     stream = ShardCrops(locations, size)
     if fits_in_memory(len(stream), 3 * size * size, cache_gb):
         return stream.to_memory(workers)
     log.info(
-        "train: %d crops at %d px take %.1f GB decoded (> train.cache_gb %.1f): streamed from the shards",
+        "train: %d crops at %d px take %.1f GB decoded (> train.cache_gb %.1f): streamed, %s",
         len(stream),
         size,
         stream.decoded_bytes() / GB,
         cache_gb,
+        "from the shards" if pack_folder is None else f"packed in {pack_folder}",
     )
-    return stream
+    return stream if pack_folder is None else pack_crops(stream, pack_folder, rank)
 
 
 class _Batches(Dataset):

@@ -245,7 +245,7 @@ def resolve_train_params(cfg: TrainParams, backbone: str, options: BackboneOptio
 @dataclass(frozen=True)
 class TrainingSet:
     """What a run trains on: the crops (a uint8 tensor ``[N, 3, S, S]`` or a source of
-    :mod:`stages.train.data`: in memory or streamed from the shards) and each crop's scale group."""
+    :mod:`stages.train.data`: in memory or streamed from the packed crops) and each crop's scale group."""
 
     crops: torch.Tensor | CropSource
     group_of: np.ndarray  # [N] group of each crop (ms_ugcml: one head per group)

@@ -11,7 +11,15 @@ from stages.crops.images import encode_crop
 from stages.crops.tensors import decode_to_tensor
 from stages.shards import ShardWriter, objects_table
 from stages.shards.by_id import locate
-from stages.train.data import EmbeddingStore, MemoryCrops, ShardCrops, batch_loader, training_crops
+from stages.train.data import (
+    EmbeddingStore,
+    MemoryCrops,
+    PackedCrops,
+    ShardCrops,
+    batch_loader,
+    pack_crops,
+    training_crops,
+)
 from stages.train.loop import RunFiles, TrainingSet, resolve_train_params, train_model
 
 N = 24
@@ -66,7 +74,7 @@ def _train(tmp_path, crops, cfg=CFG, stop_after=None):
     )
 
 
-def test_streamed_crops_are_the_cached_crops(shards):
+def test_streamed_crops_are_the_cached_crops(tmp_path, shards):
     folder, ids = shards
     loc = locate(folder, "train", ids[::-1])  # any order: crop i is the i-th id asked
     stream = ShardCrops(loc, 32)
@@ -79,19 +87,42 @@ def test_streamed_crops_are_the_cached_crops(shards):
     batches = [np.array([1, 2, 3]), np.array([20, 0]), np.array([5])]
     got = list(batch_loader(stream, batches, workers=2, pin=False))  # worker processes, in order
     assert [torch.equal(g, expected[b]) for g, b in zip(got, batches)] == [True] * 3
+    packed = training_crops(loc, 32, cache_gb=0, pack_folder=tmp_path / "pack")
+    assert isinstance(packed, PackedCrops) and len(packed) == N
+    assert torch.equal(packed.load(items), cached.load(items))
+    got = list(batch_loader(packed, batches, workers=2, pin=False))
+    assert [torch.equal(g, expected[b]) for g, b in zip(got, batches)] == [True] * 3
+
+
+def test_packed_crops_are_reused_for_the_same_crops_and_repacked_for_others(tmp_path, shards):
+    folder, ids = shards
+    pack = tmp_path / "pack"
+    first = pack_crops(ShardCrops(locate(folder, "train", ids), 32), pack)
+    written = (pack / "crops.bin").stat().st_mtime_ns
+    again = pack_crops(ShardCrops(locate(folder, "train", ids), 32), pack)
+    assert (pack / "crops.bin").stat().st_mtime_ns == written
+    assert torch.equal(first.load(np.arange(N)), again.load(np.arange(N)))
+    (pack / "packed.json").write_text("{broken")  # an interrupted pack is redone
+    redone = pack_crops(ShardCrops(locate(folder, "train", ids), 32), pack)
+    assert torch.equal(redone.load(np.arange(N)), first.load(np.arange(N)))
+    fewer = pack_crops(ShardCrops(locate(folder, "train", ids[:5]), 32), pack)  # other crops: packed anew
+    assert len(fewer) == 5 and torch.equal(fewer.load(np.arange(5)), first.load(np.arange(5)))
+    waiting = pack_crops(ShardCrops(locate(folder, "train", ids[:5]), 32), pack, rank=1, wait_s=0.01)
+    assert torch.equal(waiting.load(np.arange(5)), fewer.load(np.arange(5)))  # a rank > 0 only waits
 
 
 def test_streamed_run_with_workers_equals_the_in_memory_run_and_resumes(tmp_path, shards):
-    """Same batches and the same model from the shards (2 workers) as from the cache; a run killed
+    """Same batches and the same model from the packed crops (2 workers) as from the cache; a run killed
     inside a period (pending batches in the checkpoint) resumes to the same weights and log."""
     folder, ids = shards
     loc = locate(folder, "train", ids)
     cached = training_crops(loc, CFG.input_size, cache_gb=1.0)
     full = _train(tmp_path / "memory", cached, CFG.model_copy(update={"workers": 0}))
-    partial = _train(tmp_path / "stream", ShardCrops(loc, CFG.input_size), stop_after=3)
+    packed = tmp_path / "stream" / "ckpt.crops"
+    partial = _train(tmp_path / "stream", training_crops(loc, CFG.input_size, 0, pack_folder=packed), stop_after=3)
     ckpt = torch.load(tmp_path / "stream" / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["pending"].shape == (1, CFG.queries * CFG.neighbours)
-    resumed = _train(tmp_path / "stream", ShardCrops(loc, CFG.input_size))
+    resumed = _train(tmp_path / "stream", training_crops(loc, CFG.input_size, 0, pack_folder=packed))
     assert partial.resumed_from == 0 and resumed.resumed_from == 3
     for (k, a), (_, b) in zip(full.student.state_dict().items(), resumed.student.state_dict().items()):
         assert torch.equal(a, b), k
