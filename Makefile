@@ -2,6 +2,8 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest-xdist processes of `make test`; each test file runs whole in one of them (module fixtures)
+TEST_WORKERS ?= 2
 
 .PHONY: install repro test lint bench clean
 
@@ -25,7 +27,7 @@ test: install
 	@dpkg -s $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1 || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TEST_PACKAGES) >/dev/null)
 	$(MAKE) lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=25
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 # ruff: lint (pycodestyle, pyflakes, import order, bugbear) and format, as configured in pyproject.toml;
 # `make test` runs it first, so a violation fails CI. `$(BIN)/ruff format .` fixes the format.
