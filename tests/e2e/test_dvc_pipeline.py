@@ -62,7 +62,8 @@ def repo(tmp_path_factory) -> Path:
 
 
 def test_repro_runs_the_dag_then_is_a_no_op(repo):
-    sh(repo, "dvc", "repro")
+    first = sh(repo, "dvc", "repro")
+    assert "packed in" in first  # tiny_params: cache_gb 0, the crops are packed and streamed
     metrics = json.loads((repo / METRICS).read_text())
     assert metrics["groups"] == 4 and metrics["task"] == 2
     assert metrics["backbone"] == "efficientnet_lite0" and metrics["dataset"] == "synthetic"
@@ -74,6 +75,7 @@ def test_repro_runs_the_dag_then_is_a_no_op(repo):
         )
         assert 0 <= metrics[name]["all"]["O-R@1"] <= 100
     assert (repo / "data/groups/area_hist.png").stat().st_size > 1000
+    assert not (repo / MODEL / "checkpoint.crops").exists()  # the pack is removed at the end
     again = sh(repo, "dvc", "repro")
     assert "didn't change" in again or "up to date" in again
     summary = json.loads((repo / "metrics/summary/efficientnet_lite0.json").read_text())
