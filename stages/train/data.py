@@ -82,7 +82,7 @@ class ShardCrops:
         """Every crop decoded into one tensor, read in storage order (each row group once)."""
         out = torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8)
         order = self.locations.storage_order()
-        chunks = [order[s : s + CACHE_CHUNK] for s in range(0, len(order), CACHE_CHUNK)]
+        chunks = list(chunked(order, CACHE_CHUNK))
         loader = batch_loader(self, chunks, workers, pin=False)
         for items, x in tqdm(zip(chunks, loader), total=len(chunks), desc="decode training crops", unit="chunk"):
             out[torch.from_numpy(items)] = x
