@@ -161,37 +161,32 @@ def test_exp_run_groups_reruns_from_groups_only(repo):
     sh(repo, "git", "checkout", "--", "params.yaml")
 
 
-def test_default_trains_ms_ugcml_and_stml_is_a_baseline_switch(repo):
+def test_default_trains_ms_ugcml_and_stml_under_torchrun_is_a_baseline_switch(repo):
+    """One exp run switches the method to the stml baseline and trains it in 2 processes (torchrun)."""
     sh(repo, "dvc", "repro")  # the default params again (restored from DVC's run cache)
     log = [line.split("\t") for line in (repo / MODEL / "train_log.tsv").read_text().splitlines()]
     ckd = [float(row[log[0].index("ckd")]) for row in log[1:]]
     assert len(ckd) == 4 and any(c > 0 for c in ckd)
     params = json.loads((repo / MODEL / "params.json").read_text())
     assert params["train"]["method"] == "ms_ugcml" and params["groups"] == 4
-    out = sh(repo, "dvc", "exp", "run", "-S", "train.method=stml")
+    out = sh(repo, "dvc", "exp", "run", "-S", "train.method=stml", "-S", "train.nproc=2")
     assert "Running stage 'train@efficientnet_lite0'" in out
     for stage in ("data@", "extract@", "splits", "groups"):
         assert f"Running stage '{stage}" not in out
+    assert "launching: torchrun" in out and "--nproc_per_node=2" in out
     assert json.loads((repo / MODEL / "params.json").read_text())["train"]["method"] == "stml"
+    log = (repo / MODEL / "train_log.tsv").read_text().splitlines()
+    assert len(log) == 1 + 4  # header + tiny_params' 4 steps, written once (rank 0)
+    assert json.loads((repo / METRICS).read_text())["model"]["all"]["queries"] > 0
     shown = sh(repo, "dvc", "exp", "show", "--md")
     assert "stml" in shown
     sh(repo, "git", "checkout", "--", "params.yaml")
 
 
 def test_second_backbone_adds_only_its_own_stages(repo):
-    """A timm backbone (``timm-<model>``, a name DVC accepts in stage names) through the matrix."""
+    """A timm backbone (``timm-<model>``, a name DVC accepts in stage names) through the matrix; its own
+    option (lr) is set in the same run, and the first backbone's chain does not rerun."""
     other = "timm-resnet18"  # init: none in tiny_params.yaml (no weights file needed)
-    out = sh(repo, "dvc", "exp", "run", "-S", f"backbones=[efficientnet_lite0,{other}]")
-    for stage in (f"train@{other}", f"index@{other}-synthetic", f"evaluate@{other}-synthetic", f"summary@{other}"):
-        assert f"Running stage '{stage}'" in out
-    mine = ("train@efficientnet_lite0", "evaluate@efficientnet_lite0", "summary@efficientnet_lite0")
-    for stage in ("data@", "extract@", "splits", "groups", *mine):
-        assert f"Running stage '{stage}" not in out
-    metrics = json.loads((repo / f"metrics/{other}/synthetic.json").read_text())
-    assert metrics["backbone"] == other and 0 <= metrics["model"]["all"]["O-R@1"] <= 100
-    diff = sh(repo, "dvc", "metrics", "diff", "--all", "--md")
-    assert f"metrics/{other}/synthetic.json" in diff and METRICS in diff
-    # one backbone's options change: only that backbone's chain reruns
     out = sh(
         repo,
         "dvc",
@@ -202,16 +197,14 @@ def test_second_backbone_adds_only_its_own_stages(repo):
         "-S",
         f"backbone_options.{other}.lr=0.001",
     )
-    assert f"Running stage 'train@{other}'" in out and "Running stage 'train@efficientnet_lite0'" not in out
+    for stage in (f"train@{other}", f"index@{other}-synthetic", f"evaluate@{other}-synthetic", f"summary@{other}"):
+        assert f"Running stage '{stage}'" in out
+    mine = ("train@efficientnet_lite0", "evaluate@efficientnet_lite0", "summary@efficientnet_lite0")
+    for stage in ("data@", "extract@", "splits", "groups", *mine):
+        assert f"Running stage '{stage}" not in out
     assert json.loads((repo / f"models/{other}/params.json").read_text())["backbone_options"][other]["lr"] == 0.001
-    sh(repo, "git", "checkout", "--", "params.yaml")
-
-
-def test_nproc_2_trains_under_torchrun_from_dvc(repo):
-    out = sh(repo, "dvc", "exp", "run", "-S", "train.nproc=2", "-S", "train.method=stml")
-    assert "Running stage 'train@efficientnet_lite0'" in out and "launching: torchrun" in out
-    assert "--nproc_per_node=2" in out
-    log = (repo / MODEL / "train_log.tsv").read_text().splitlines()
-    assert len(log) == 1 + 4  # header + tiny_params' 4 steps, written once (rank 0)
-    assert json.loads((repo / METRICS).read_text())["model"]["all"]["queries"] > 0
+    metrics = json.loads((repo / f"metrics/{other}/synthetic.json").read_text())
+    assert metrics["backbone"] == other and 0 <= metrics["model"]["all"]["O-R@1"] <= 100
+    diff = sh(repo, "dvc", "metrics", "diff", "--all", "--md")
+    assert f"metrics/{other}/synthetic.json" in diff and METRICS in diff
     sh(repo, "git", "checkout", "--", "params.yaml")
