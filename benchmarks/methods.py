@@ -11,10 +11,11 @@ Markdown table of the mean and min-max over the seeds.
 
 Configs (``--configs``): ntxent, stml, stml_perhead (STML with the per-head batch of ms_ugcml at 4
 groups: 8 queries / 4 heads = 2 queries), ms_ugcml (4 groups, the default), ms_ugcml_g1/_g2/_g8,
-ms_ugcml_nockd (CKD weight 0). Every ms_ugcml model is also embedded with its first head
-(``<config>_first``) and routed (``<config>_routed``: each gallery object and query through the
-head of its own scale group, by box area) without retraining: the train stage resumes the
-finished run.
+ms_ugcml_nockd (CKD weight 0), ms_ugcml_q32 (32 queries: each of the 4 heads learns from about
+as many crops as stml's one head; the converse of stml_perhead, at ~4x the step cost). Every
+ms_ugcml model is also embedded with its first head (``<config>_first``) and routed
+(``<config>_routed``: each gallery object and query through the head of its own scale group, by
+box area) without retraining: the train stage resumes the finished run.
 
 Every pair of runs of the same seed (the untrained backbone included) is compared on the same
 queries with a paired bootstrap (stages.metrics.bootstrap.paired_bootstrap, 1,000 resamples,
@@ -63,6 +64,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "ms_ugcml_g2": ({"method": "ms_ugcml"}, {"groups": 2}),
     "ms_ugcml_g8": ({"method": "ms_ugcml"}, {"groups": 8}),
     "ms_ugcml_nockd": ({"method": "ms_ugcml", "ckd_weight": 0.0}, {"groups": 4}),
+    "ms_ugcml_q32": ({"method": "ms_ugcml", "queries": 32}, {"groups": 4}),
 }
 
 
