@@ -221,7 +221,14 @@ def child_refresh(folder: Path, n: int) -> dict:
     source = pack_crops(ShardCrops(locate(folder, "train", np.arange(n)), INPUT), RUNS / f"pack-{n}")  # as in training
     student = _stand_in_student(cfg.teacher_dim, cfg.embed_dim, 4)
     sampler = KnnBatchSampler(
-        group_of, 4, cfg.queries, cfg.neighbours, 0, exact_max=cfg.knn_exact_max, nprobe=cfg.knn_nprobe
+        group_of,
+        4,
+        cfg.queries,
+        cfg.neighbours,
+        0,
+        exact_max=cfg.knn_exact_max,
+        nprobe=cfg.knn_nprobe,
+        rerank=cfg.knn_rerank,
     )
     scratch = RUNS / f"refresh-{n}"
     with PeakMemory() as mem, torch.no_grad():

@@ -72,7 +72,7 @@ def _ivf_lists(n: int) -> int:
     return int(max(1, min(65_536, 2 ** round(math.log2(max(math.sqrt(n), 1))), n // 64)))
 
 
-RERANK = 2  # candidates per neighbour taken from the compressed index, re-ranked on the full vectors
+RERANK = 2  # default candidates per neighbour taken from the compressed index, re-ranked on the full vectors
 RERANK_ROWS = 1024  # queries whose candidates are gathered at once (1024 x 12 x d floats)
 SEARCH_ROWS = 16_384  # rows per FAISS add/search call of a large group (its buffers grow with them)
 
@@ -123,7 +123,7 @@ class KnnBatchSampler:
     A group of at most ``exact_max`` embedded crops is searched exactly (FAISS flat inner product
     on the L2-normalised embeddings; on the GPU when the FAISS GPU build sees one). A larger one
     gets an IVF index of PQ codes (:func:`_code_index`: d/8 bytes per crop on the CPU), built and
-    searched chunk by chunk; its ``RERANK * (k + 1)`` candidates per query are re-ranked by the
+    searched chunk by chunk; its ``rerank * (k + 1)`` candidates per query are re-ranked by the
     exact inner product, read back from the store, so the refresh never holds more than a chunk
     of float vectors. Memory per crop: the graph (``8 k`` bytes), the group (8) and the member
     list (8), plus the codes of the group being searched. Queries are spread over the groups by
@@ -141,13 +141,14 @@ class KnnBatchSampler:
         exact_max: int = 50_000,
         nprobe: int = 16,
         pq_m: int | None = None,
+        rerank: int = RERANK,
     ):
         self.group_of = np.asarray(group_of, dtype=np.int64)
         self.n_groups = n_groups
         self.queries = queries
         self.k = k
         self.rng = np.random.default_rng(seed)
-        self.exact_max, self.nprobe, self.pq_m = exact_max, nprobe, pq_m
+        self.exact_max, self.nprobe, self.pq_m, self.rerank = exact_max, nprobe, pq_m, rerank
         self.members = [np.flatnonzero(self.group_of == g) for g in range(n_groups)]
         self.quotas = group_quotas(np.array([len(m) for m in self.members]), queries, group_area)
         self.neighbours: np.ndarray | None = None  # [N, k] global indices, self first
@@ -217,7 +218,7 @@ class KnnBatchSampler:
                     if what == "add":
                         index.add_with_ids(x, me)
                         continue
-                    _, found = index.search(x, RERANK * (self.k + 1))
+                    _, found = index.search(x, self.rerank * (self.k + 1))
                     nbrs[crops[me]] = crops[_rerank(store, x, found, me, pos, self.k)]
             del index
 

@@ -150,6 +150,7 @@ class RelaxedContrastive(Method):
             group_area=area,
             exact_max=cfg.knn_exact_max,
             nprobe=cfg.knn_nprobe,
+            rerank=cfg.knn_rerank,
         )
         self.centroids: torch.Tensor | None = None
         self.diagnostics = group_diagnostics(n_groups)

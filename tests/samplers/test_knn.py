@@ -91,11 +91,9 @@ def test_refresh_on_a_share_samples_only_the_refreshed_crops():
     assert (s.refresh_rows(0.25, seed=5) == rows).all() and s.refresh_rows(1.0, seed=5) is None
 
 
-def test_large_group_candidates_are_reranked_on_the_full_vectors(monkeypatch):
+def test_large_group_candidates_are_reranked_on_the_full_vectors():
     """On hard (unclustered) data the compressed codes alone find a third of the exact neighbours;
-    re-ranking RERANK x more candidates on the embeddings finds most of them (0.34 -> 0.62 here)."""
-    import stages.samplers.knn as knn
-
+    re-ranking ``rerank`` x more candidates on the embeddings finds most of them (0.34 -> 0.62 here)."""
     rng = np.random.default_rng(0)
     n, k, d = 6000, 5, 64
     emb = rng.normal(size=(n, d)).astype(np.float32) @ rng.normal(size=(d, d)).astype(np.float32)
@@ -103,8 +101,7 @@ def test_large_group_candidates_are_reranked_on_the_full_vectors(monkeypatch):
     exact = np.argsort(-(x @ x.T), axis=1)[:, 1:k]
 
     def recall(rerank: int) -> float:
-        monkeypatch.setattr(knn, "RERANK", rerank)
-        s = KnnBatchSampler(np.zeros(n, int), 1, queries=4, k=k, seed=0, exact_max=1000, nprobe=8)
+        s = KnnBatchSampler(np.zeros(n, int), 1, queries=4, k=k, seed=0, exact_max=1000, nprobe=8, rerank=rerank)
         s.refresh(emb)
         assert (s.neighbours[:, 0] == np.arange(n)).all()
         return np.mean([len(set(a) & set(b)) for a, b in zip(s.neighbours[:, 1:], exact)]) / (k - 1)
