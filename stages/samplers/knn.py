@@ -73,7 +73,7 @@ def _ivf_lists(n: int) -> int:
 
 
 RERANK = 2  # default candidates per neighbour taken from the compressed index, re-ranked on the full vectors
-RERANK_ROWS = 1024  # queries whose candidates are gathered at once (1024 x 12 x d floats)
+RERANK_ROWS = 1024  # queries whose candidates are gathered at once (1024 x rerank (k + 1) x d floats)
 SEARCH_ROWS = 16_384  # rows per FAISS add/search call of a large group (its buffers grow with them)
 
 
