@@ -288,7 +288,8 @@ def train_model(
         )
     rt = runtime or resolve_runtime(cfg)
     try:
-        return _train(cfg, data, files, seed=seed, net=(backbone, options), stop_after=stop_after, rt=rt)
+        with rt.deterministic_kernels():
+            return _train(cfg, data, files, seed=seed, net=(backbone, options), stop_after=stop_after, rt=rt)
     finally:
         rt.close()
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +48,33 @@ class Runtime:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @contextmanager
+    def deterministic_kernels(self) -> Iterator[None]:
+        """On the CPU, PyTorch's deterministic kernels for the duration (the previous setting is
+        restored after), so that a retraining with the same seed is bit-identical. The one CPU
+        kernel a step uses that is not: the accumulating ``index_put_`` (the backward of
+        ``feat[rows]`` when a crop is in several heads' sets) adds with parallel atomics on 2+
+        threads, in an order that changes from run to run. The deterministic mode measured 1-5 %
+        of a CPU step (README "Tests and benchmarks"); its debugging aid, NaN-filling new
+        tensors, is left off (another 3-6 %). CUDA keeps its faster non-deterministic kernels
+        (atomics in the backward passes), so GPU runs are reproducible only to rounding."""
+        if self.device.type != "cpu":
+            yield
+            return
+        det = torch.utils.deterministic
+        before = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+            det.fill_uninitialized_memory,
+        )
+        torch.use_deterministic_algorithms(True)
+        det.fill_uninitialized_memory = False
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+            det.fill_uninitialized_memory = before[2]
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         return torch.amp.GradScaler(self.device.type) if self.autocast_dtype == torch.float16 else None

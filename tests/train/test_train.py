@@ -1,4 +1,5 @@
-"""Training loop: resume equals an uninterrupted run; gradients reach every head; augmentations."""
+"""Training loop: resume equals an uninterrupted run, a CPU retraining is bit-identical,
+gradients reach every head; augmentations."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from stages.model import TeacherModel, build_student
 from stages.train.augment import random_resized_views
 from stages.train.loop import RunFiles, TrainingSet, cosine_lr, resolve_train_params, train_model
 from stages.train.methods import mixed_scale_sets, ugcml_terms
+from stages.train.runtime import Runtime
 
 CFG = TrainParams(
     steps=4,
@@ -274,6 +276,57 @@ def test_cpu_runtime_is_fp32_uncompiled_single_process(monkeypatch):
     assert rt.grad_scaler() is None and rt.rows(40) == (0, 40)
     with pytest.raises(ValueError, match="train.device"):
         resolve_runtime(TrainParams(device="cuda"))
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_kernels_make_the_duplicate_row_backward_repeatable(two_threads):
+    # The backward of feat[rows] with repeated rows (a crop in several heads' sets) is an
+    # accumulating index_put_: on 2 threads its default CPU kernel adds in a varying order.
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(64, 1280, generator=g, requires_grad=True)
+    rows = torch.randint(0, 64, (256,), generator=g)
+    w = torch.randn(256, 1280, generator=g)
+
+    def grad():
+        feat.grad = None
+        (feat[rows] * w).sum().backward()
+        return feat.grad.clone()
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with Runtime(torch.device("cpu")).deterministic_kernels():
+        assert torch.are_deterministic_algorithms_enabled()
+        first = grad()
+        assert all(torch.equal(first, grad()) for _ in range(5))
+    assert not torch.are_deterministic_algorithms_enabled()  # restored for the rest of the process
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    assert torch.allclose(first, torch.zeros(64, 1280).index_add_(0, rows, w), atol=1e-5)
+
+
+def test_retraining_on_two_threads_is_bit_identical(tmp_path, crops, two_threads, monkeypatch):
+    import stages.train.loop as loop
+
+    # every step runs under the deterministic kernels (a race shows only now and then in 3 steps)
+    flags, step_terms = [], loop.step_terms
+    monkeypatch.setattr(
+        loop, "step_terms", lambda *a: flags.append(torch.are_deterministic_algorithms_enabled()) or step_terms(*a)
+    )
+    # 4 x 4 crops x 2 views x 1280 features: large enough for the parallel CPU kernels
+    cfg = CFG.model_copy(update={"queries": 4, "neighbours": 4, "steps": 3, "knn_refresh": 3})
+    runs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        runs.append(run(tmp_path / name, crops, cfg=cfg, n_groups=3))
+    for (k, a), b in zip(runs[0].student.state_dict().items(), runs[1].student.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert (tmp_path / "a" / "log.tsv").read_text() == (tmp_path / "b" / "log.tsv").read_text()
+    assert flags == [True] * 6 and not torch.are_deterministic_algorithms_enabled()
 
 
 def test_ema_teacher_head_follows_the_mean_of_the_h_layers():
