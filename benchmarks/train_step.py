@@ -2,8 +2,11 @@
 
 Reference: student forward+backward and teacher forward of the same backbone on the same views
 (nothing else). Step: the training engine's own step (`stages.train.loop.Engine.step`: k-NN batch
-sampling, augmentation, every loss term, backward, AdamP, schedule, EMA, the logged values).
+sampling, augmentation, every loss term, backward, AdamP, schedule, EMA, the logged values; under
+the deterministic CPU kernels, as in training).
 `step_ratio_gG` = reference time / step time for G groups (1.0 = no overhead; target >= 0.85).
+`deterministic_ratio_*` = step time with PyTorch's default CPU kernels / with the deterministic
+ones that training runs under (1.0 = free; < 1: their cost).
 `refresh_ratio` = time of one neighbour-graph + centroid refresh over N crops / time of embedding
 the same crops with the backbone alone (target <= 1.15).
 Every ratio is the median of 3 rounds (with `_min`/`_max`), each from medians over interleaved
@@ -53,7 +56,9 @@ def interleaved(a, b, repeats: int = REPEATS, warmup: int = 1) -> tuple[float, f
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def step_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> float:
+def _engine(groups: int, crops: torch.Tensor, cfg: TrainParams) -> tuple[Engine, torch.Generator, torch.Tensor]:
+    """The training engine of ``groups`` heads on ``crops`` after its first k-NN refresh, its
+    generator, and the augmented views of one batch (for the reference)."""
     gen = torch.Generator().manual_seed(0)
     rt = Runtime(torch.device("cpu"))
     group_of = np.arange(len(crops)) % groups
@@ -83,7 +88,17 @@ def step_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> floa
         rt,
     )  # the graph (not timed)
     n = cfg.queries * cfg.neighbours
-    views = method.inputs(crops[:n].float() / 255, gen, (0, n))
+    return engine, gen, method.inputs(crops[:n].float() / 255, gen, (0, n))
+
+
+def _deterministic_step(engine: Engine, gen: torch.Generator) -> None:
+    with engine.rt.deterministic_kernels():  # as train_model runs every step on the CPU
+        engine.step(gen)
+
+
+def step_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> float:
+    engine, gen, views = _engine(groups, crops, cfg)
+    student, teacher = engine.student, engine.teacher
 
     def reference():
         with torch.no_grad():
@@ -91,8 +106,15 @@ def step_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> floa
         student.backbone(views).sum().backward()
         student.zero_grad(set_to_none=True)
 
-    ref, step = interleaved(reference, lambda: engine.step(gen), warmup=3)
+    ref, step = interleaved(reference, lambda: _deterministic_step(engine, gen), warmup=3)
     return ref / step
+
+
+def deterministic_ratio(groups: int, crops: torch.Tensor, cfg: TrainParams = CFG) -> float:
+    """Step time with PyTorch's default CPU kernels / with the deterministic ones training uses."""
+    engine, gen, _ = _engine(groups, crops, cfg)
+    default, deterministic = interleaved(lambda: engine.step(gen), lambda: _deterministic_step(engine, gen), warmup=3)
+    return default / deterministic
 
 
 def optimizer_speedup(groups: int = 8) -> float:
@@ -144,6 +166,9 @@ def main() -> None:
     big = CFG.model_copy(update={"input_size": 128})
     crops_big = (torch.rand(1024, 3, big.input_size, big.input_size) * 255).to(torch.uint8)
     rounds("step_ratio_g8_input128", lambda: step_ratio(8, crops_big, big), result)
+    # a retraining is bit-identical on the CPU because every step runs under the deterministic kernels
+    rounds("deterministic_ratio_g4", lambda: deterministic_ratio(4, crops), result)
+    rounds("deterministic_ratio_g8_input128", lambda: deterministic_ratio(8, crops_big, big), result)
     rounds("refresh_ratio", lambda: refresh_ratio(crops), result)
     result["adamp_speedup_g8"] = round(optimizer_speedup(8), 3)
     result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)  # other processes on the machine

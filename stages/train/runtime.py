@@ -52,13 +52,14 @@ class Runtime:
     @contextmanager
     def deterministic_kernels(self) -> Iterator[None]:
         """On the CPU, PyTorch's deterministic kernels for the duration (the previous setting is
-        restored after), so that a retraining with the same seed is bit-identical. The one CPU
-        kernel a step uses that is not: the accumulating ``index_put_`` (the backward of
-        ``feat[rows]`` when a crop is in several heads' sets) adds with parallel atomics on 2+
-        threads, in an order that changes from run to run. The deterministic mode measured 1-5 %
-        of a CPU step (README "Tests and benchmarks"); its debugging aid, NaN-filling new
-        tensors, is left off (another 3-6 %). CUDA keeps its faster non-deterministic kernels
-        (atomics in the backward passes), so GPU runs are reproducible only to rounding."""
+        restored after), so that a retraining with the same seed is bit-identical. The CPU kernel
+        that broke it: the accumulating ``index_put_`` (the backward of ``feat[rows]`` when a crop
+        is in several heads' sets) adds with parallel atomics on 2+ threads, in an order that
+        changes from run to run. The deterministic mode is free within the noise of a CPU step
+        (``deterministic_ratio_*`` in benchmarks/results/train_step.json); its debugging aid,
+        NaN-filling new tensors, is left off (it cost a few % of a step). CUDA keeps its faster
+        non-deterministic kernels (atomics in the backward passes), so GPU runs are reproducible
+        only to rounding."""
         if self.device.type != "cpu":
             yield
             return
