@@ -12,6 +12,7 @@ from stages.train.augment import random_resized_views
 from stages.train.loop import RunFiles, TrainingSet, cosine_lr, resolve_train_params, train_model
 from stages.train.methods import mixed_scale_sets, ugcml_terms
 from stages.train.runtime import Runtime
+from tests.torch_threads import torch_threads
 
 CFG = TrainParams(
     steps=4,
@@ -280,10 +281,8 @@ def test_cpu_runtime_is_fp32_uncompiled_single_process(monkeypatch):
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):  # the parallel CPU kernels whose order varies
+        yield
 
 
 def test_cpu_kernels_make_the_duplicate_row_backward_repeatable(two_threads):
