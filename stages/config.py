@@ -329,7 +329,12 @@ class TrainParams(_Strict):
         1.0, gt=0, description="temperature of the centroid similarity softmax (CKD); the authors' T = 1, 0.1 collapsed"
     )
     mix_share: float = Field(
-        0.1, ge=0, le=1, description="share of each smaller group's crops mixed into a group's set"
+        0.1, ge=0, le=1, description="share of each mixed-in group's crops (train.mix_from) added to a group's set"
+    )
+    mix_from: Literal["smaller", "all"] = Field(
+        "smaller",
+        description="groups whose crops are mixed into a group's set: each smaller group (the authors' code) or "
+        "every other group (all: every head also compares its crops with larger ones)",
     )
     ntxent_tau: float = Field(0.1, gt=0, description="temperature of the NT-Xent baseline")
     embed_head: Literal["first", "mean", "routed"] = Field(

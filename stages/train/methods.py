@@ -206,18 +206,20 @@ def build_method(
 
 
 def mixed_scale_sets(
-    batch_group: torch.Tensor, n_groups: int, share: float, generator: torch.Generator
+    batch_group: torch.Tensor, n_groups: int, share: float, generator: torch.Generator, from_all: bool = False
 ) -> list[torch.Tensor]:
     """Crop rows of each group's training set: its own crops plus ``share`` of each smaller group's.
 
     Group m trains on its k-NN crops and on a random ceil(share * n_j) crops of every group j < m
-    (the mixed-scale set; following the authors' code, larger-object heads also see smaller ones).
+    (the mixed-scale set; following the authors' code, larger-object heads also see smaller ones),
+    or of every group j != m with ``from_all``.
     """
     own = [torch.nonzero(batch_group == m).flatten() for m in range(n_groups)]
     sets = []
     for m in range(n_groups):
         parts = [own[m]]
-        for j in range(m):
+        others = [j for j in range(n_groups) if j != m] if from_all else range(m)
+        for j in others:
             n = math.ceil(share * len(own[j])) if share > 0 else 0
             if n:
                 parts.append(own[j][torch.randperm(len(own[j]), generator=generator)[:n]])
@@ -279,7 +281,7 @@ def ugcml_terms(
     g = len(heads)
     n_crops = len(batch_group)
     crop_ids = torch.arange(n_crops) if crop_ids is None else crop_ids.cpu()
-    sets = mixed_scale_sets(batch_group, g, cfg.mix_share, generator)
+    sets = mixed_scale_sets(batch_group, g, cfg.mix_share, generator, cfg.mix_from == "all")
     sizes = torch.tensor([len(s) for s in sets])
     rows = torch.cat([torch.cat([s, s + n_crops]) for s in sets]).to(dev)  # views of each set, set after set
     start = (2 * sizes).cumsum(0) - 2 * sizes  # first row of each set in ``rows``

@@ -137,7 +137,7 @@ def _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids,
 
     n = len(batch_group)
     g = len(heads)
-    sets = mixed_scale_sets(batch_group, g, cfg.mix_share, generator)
+    sets = mixed_scale_sets(batch_group, g, cfg.mix_share, generator, cfg.mix_from == "all")
     per_head = teacher_feat.shape[1] // cfg.teacher_dim > 1
     rc_h = rc_l = sd = torch.zeros(())
     ls = []
@@ -179,6 +179,7 @@ def _per_group_reference(heads, feat, teacher_feat, batch_group, cfg, centroids,
     [
         {"ckd_rows": "all", "group_reduction": "mean", "teacher_heads": "per_group"},
         {"ckd_rows": "shared", "group_reduction": "sum", "teacher_heads": "shared"},
+        {"ckd_rows": "shared", "group_reduction": "mean", "teacher_heads": "per_group", "mix_from": "all"},
     ],
 )
 def test_batched_terms_equal_the_per_group_reference(groups, options):
@@ -216,6 +217,11 @@ def test_mixed_scale_sets():
     assert set(sets[1][5:].tolist()) <= {0, 1, 2, 3}
     assert len(sets[2]) == 2 + 2 + 3 and set(sets[2][2:].tolist()) <= set(range(9))
     assert [len(s) for s in mixed_scale_sets(g, 3, 0.0, torch.Generator())] == [4, 5, 2]
+    both = mixed_scale_sets(g, 3, 0.5, torch.Generator().manual_seed(0), from_all=True)
+    assert [len(s) for s in both] == [4 + 3 + 1, 5 + 2 + 1, 2 + 2 + 3]  # ceil(0.5 n_j) of every other group
+    assert set(both[0][4:7].tolist()) <= {4, 5, 6, 7, 8} and set(both[0][7:].tolist()) <= {9, 10}
+    assert set(both[1][5:6].tolist()) <= {0, 1, 2, 3} and set(both[1][7:].tolist()) <= {9, 10}
+    assert all(len(set(s.tolist())) == len(s) for s in both)  # no crop twice in one set
 
 
 def test_views_shape_range_and_determinism(crops):
