@@ -277,6 +277,11 @@ class TrainParams(_Strict):
         description="share of each group embedded at a refresh; batches come from it until the next "
         "(authors' code: 0.5); 1 = every crop",
     )
+    knn_scope: Literal["group", "all"] = Field(
+        "group",
+        description="where a query's k-NN neighbours come from: its own scale group (the authors' code) or every "
+        "group (all: one graph; the queries are still drawn per group, and a cluster trains its query's head)",
+    )
     knn_exact_max: int = Field(
         50_000,
         ge=1,

@@ -118,7 +118,8 @@ def _on_gpu(index: faiss.Index) -> faiss.Index:
 
 class KnnBatchSampler:
     """Batches of ``queries`` queries, each with its ``k - 1`` nearest neighbours from its own
-    scale group (the query first), from a k-NN graph rebuilt by :meth:`refresh`.
+    scale group (the query first), from a k-NN graph rebuilt by :meth:`refresh`; with
+    ``scope="all"`` the neighbours come from every group (one graph), the queries still by group.
 
     A group of at most ``exact_max`` embedded crops is searched exactly (FAISS flat inner product
     on the L2-normalised embeddings; on the GPU when the FAISS GPU build sees one). A larger one
@@ -142,7 +143,11 @@ class KnnBatchSampler:
         nprobe: int = 16,
         pq_m: int | None = None,
         rerank: int = RERANK,
+        scope: str = "group",
     ):
+        if scope not in ("group", "all"):
+            raise ValueError(f"scope must be 'group' or 'all', got {scope!r}")
+        self.scope = scope
         self.group_of = np.asarray(group_of, dtype=np.int64)
         self.n_groups = n_groups
         self.queries = queries
@@ -175,6 +180,9 @@ class KnnBatchSampler:
         group = self.group_of[rows]
         nbrs = self.neighbours if self.neighbours is not None else np.repeat(np.arange(n)[:, None], self.k, 1)
         positions = [np.flatnonzero(group == g) for g in range(self.n_groups)]  # rows of the store per group
+        self.active = None if len(rows) == n else [rows[p] for p in positions]
+        if self.scope == "all":  # one graph over every group's crops
+            positions = [np.arange(len(rows))]
         large = [g for g, p in enumerate(positions) if len(p) > self.exact_max]
         for g, pos in enumerate(positions):  # a handful of groups, each searched in one FAISS call
             if len(pos) == 0 or g in large:
@@ -192,7 +200,6 @@ class KnnBatchSampler:
         if large:
             self._refresh_large(store, rows, positions, large, nbrs)
         self.neighbours = nbrs
-        self.active = None if len(rows) == n else [rows[p] for p in positions]
 
     def _refresh_large(self, store, rows, positions, large, nbrs) -> None:
         """One large group at a time: a compressed index trained on a seeded sample of the group,

@@ -151,6 +151,7 @@ class RelaxedContrastive(Method):
             exact_max=cfg.knn_exact_max,
             nprobe=cfg.knn_nprobe,
             rerank=cfg.knn_rerank,
+            scope=cfg.knn_scope,
         )
         self.centroids: torch.Tensor | None = None
         self.diagnostics = group_diagnostics(n_groups)
@@ -172,9 +173,11 @@ class RelaxedContrastive(Method):
         return self.sampler.sample()
 
     def loss(self, heads, feat, teacher_feat, idx, generator):
-        return ugcml_terms(
-            heads, feat, teacher_feat, self.groups[idx], self.cfg, self.centroids, generator, crop_ids=idx
-        )
+        # each crop trains the head of its query's group (the query leads its k-NN cluster): its own
+        # group with knn_scope: group, any group's crop with knn_scope: all
+        k = self.cfg.neighbours
+        batch_group = self.groups[idx.view(-1, k)[:, 0]].repeat_interleave(k)
+        return ugcml_terms(heads, feat, teacher_feat, batch_group, self.cfg, self.centroids, generator, crop_ids=idx)
 
     def state_dict(self) -> dict:
         nb = self.sampler.neighbours

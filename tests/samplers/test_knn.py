@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from stages.samplers import KnnBatchSampler, group_quotas
 
@@ -29,6 +30,26 @@ def test_batches_have_configured_composition():
     members = np.flatnonzero(group_of == group_of[q])
     best = members[np.argsort(-(e[members] @ e[q]))[:k]]
     assert set(blocks[0]) == set(best)
+
+
+def test_scope_all_draws_neighbours_from_every_group():
+    rng = np.random.default_rng(0)
+    n, k = 200, 5
+    group_of = np.repeat(np.arange(4), 50)
+    emb = rng.normal(size=(n, 16)).astype(np.float32)
+    s = KnnBatchSampler(group_of, 4, queries=8, k=k, seed=0, scope="all")
+    s.refresh(emb[::2], rows=np.arange(0, n, 2))  # half of the crops: batches come from those only
+    blocks = s.sample().reshape(8, k)
+    assert np.bincount(group_of[blocks[:, 0]], minlength=4).tolist() == [2, 2, 2, 2]  # queries by group
+    assert (blocks % 2 == 0).all()
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    embedded = np.arange(0, n, 2)
+    for q, row in zip(blocks[:, 0], blocks):  # the exact nearest of all embedded crops, any group, query first
+        best = embedded[np.argsort(-(e[embedded] @ e[q]))[:k]]
+        assert row[0] == q and set(row) == set(best)
+    assert (group_of[blocks] != group_of[blocks[:, :1]]).any()  # random vectors: groups mix
+    with pytest.raises(ValueError, match="scope"):
+        KnnBatchSampler(group_of, 4, queries=8, k=k, seed=0, scope="global")
 
 
 def test_state_round_trip_reproduces_batches():

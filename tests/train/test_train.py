@@ -224,6 +224,28 @@ def test_mixed_scale_sets():
     assert all(len(set(s.tolist())) == len(s) for s in both)  # no crop twice in one set
 
 
+@pytest.mark.parametrize("scope", ["group", "all"])
+def test_a_cluster_trains_the_head_of_its_query_group(scope):
+    """With knn_scope: all a query's neighbours may be of any group; the whole cluster goes to the
+    set of the query's group (the set sizes logged per group count the clusters' crops)."""
+    from stages.train.methods import build_method
+
+    group_of = np.repeat(np.arange(3), 20)
+    update = {"method": "ms_ugcml", "queries": 3, "mix_share": 0.0, "knn_scope": scope, "teacher_dim": 12}
+    cfg = CFG.model_copy(update=update)
+    method = build_method(cfg, group_of, 3, seed=0)
+    method.sampler.refresh(np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32))
+    idx = torch.from_numpy(method.batch())
+    queries = idx.view(3, cfg.neighbours)[:, 0]
+    assert sorted(group_of[queries].tolist()) == [0, 1, 2]
+    assert (scope == "all") == bool((group_of[idx.view(3, -1)] != group_of[queries][:, None]).any())
+    heads = build_student(DEFAULT_BACKBONE, 3, 12, 8, 32, pretrained=False).heads
+    feat = torch.randn(2 * len(idx), heads[0].h.in_features)
+    terms = method.loss(heads, feat, torch.randn(2 * len(idx), 12 * 3), idx, torch.Generator().manual_seed(0))
+    sets = terms["diagnostics"][3:12:4]  # set_g1..set_g3
+    assert sets.tolist() == [cfg.neighbours] * 3  # one whole cluster per group
+
+
 def test_views_shape_range_and_determinism(crops):
     x = crops[:5].float() / 255
     a = random_resized_views(x, 2, (0.5, 1.0), torch.Generator().manual_seed(1), 24)
