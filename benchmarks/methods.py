@@ -13,7 +13,8 @@ Configs (``--configs``): ntxent, stml, stml_perhead (STML with the per-head batc
 groups: 8 queries / 4 heads = 2 queries), ms_ugcml (4 groups, the default), ms_ugcml_g1/_g2/_g8,
 ms_ugcml_nockd (CKD weight 0), ms_ugcml_q32 (32 queries: each of the 4 heads learns from about
 as many crops as stml's one head; the converse of stml_perhead, at ~4x the step cost). Every
-ms_ugcml model is also embedded with its first head (``<config>_first``) and routed
+ms_ugcml config's own key is its model embedded with the mean of the heads (whatever params.yaml's
+``train.embed_head``), and the model is also embedded with its first head (``<config>_first``) and routed
 (``<config>_routed``: each gallery object and query through the head of its own scale group, by
 box area) without retraining: the train stage resumes the finished run.
 
@@ -52,7 +53,9 @@ HEADLINE = ("O-R@1", "O-mAP", "O-mAP_std", "I-R@1", "I-mAP")
 SUBSETS = ("all", "size_0-20")
 PAIRED = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")  # the per-query values the evaluate stage writes
 RESAMPLES = 1000
-# retrieval heads of a trained ms_ugcml model besides the default mean (train.embed_head; no retraining)
+# every config's own key embeds with the mean of the heads (so that keys keep one meaning whatever
+# params.yaml's train.embed_head); the other retrieval heads of a trained ms_ugcml model, no retraining
+BASE_HEAD = "mean"
 RETRIEVAL_HEADS = ("first", "routed")
 # config -> (train.* overrides, top-level overrides)
 CONFIGS: dict[str, tuple[dict, dict]] = {
@@ -115,7 +118,7 @@ def run_config(
     train, top = CONFIGS[name]
     folder = ROOT / "benchmarks" / ".runs" / f"{name}{tag}-s{seed}"
     params = json.loads(json.dumps(base)) | top | {"seed": seed}
-    params["train"] = params["train"] | train | extra
+    params["train"] = params["train"] | {"embed_head": BASE_HEAD} | train | extra
     needs_groups = params["groups"] != base["groups"]
     _link_data(folder, own_groups=needs_groups)
     _write_params(folder, params)

@@ -311,7 +311,7 @@ def _train(
         cfg.input_size,
         embed_head=cfg.embed_head,
         options=options,
-        head_init=cfg.head_init,
+        head_init=cfg.heads_init(n_groups),
     )
     student.to(rt.device)
     method = build_method(cfg, group_of, n_groups, seed, data.group_area if n_groups == data.n_groups else None)

@@ -70,3 +70,13 @@ def test_params_yaml_lists_every_key_of_the_model():
     written = read_yaml(Path(__file__).resolve().parents[2] / "params.yaml")
     assert keys(Params().model_dump(mode="json")) - keys(written) == set()
     Params.model_validate(written)
+
+
+def test_head_init_auto_is_stml_for_one_head_and_aligned_for_more():
+    from stages.config import TrainParams
+
+    auto = TrainParams()
+    assert auto.head_init == "auto"
+    assert [auto.heads_init(n) for n in (1, 2, 4)] == ["orthogonal", "shared", "shared"]
+    for fixed in ("orthogonal", "shared"):
+        assert {TrainParams(head_init=fixed).heads_init(n) for n in (1, 4)} == {fixed}
