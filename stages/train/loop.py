@@ -346,7 +346,9 @@ def _train(
     def load(idx: torch.Tensor) -> torch.Tensor:
         return source.load(idx.numpy()).to(rt.device, non_blocking=True).float().div_(255)
 
-    engine = Engine(rt, method, student, student_fwd, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema, cfg.ema_every)
+    engine = Engine(
+        rt, method, student, student_fwd, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema, cfg.ema_every
+    )
     scratch = files.checkpoint.parent / f"{files.checkpoint.stem}.refresh"
 
     def embed_all(rows: np.ndarray | None = None) -> EmbeddingStore:
