@@ -27,6 +27,7 @@ seeded) of the per-query values the evaluate stage writes (``per_query.parquet``
     python benchmarks/methods.py                                     # the default configs, seed 0
     python benchmarks/methods.py --configs stml ms_ugcml --seeds 0 1 2
     python benchmarks/methods.py --configs stml ms_ugcml --steps 600 --queries 16 --tag _long
+    python benchmarks/methods.py --report stml_m2 ms_ugcml_first_m2 --seeds 0 1 2   # tables only
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ HEADLINE = ("O-R@1", "O-mAP", "O-mAP_std", "I-R@1", "I-mAP")
 SUBSETS = ("all", "size_0-20")
 PAIRED = ("O-R@1", "O-mAP", "I-R@1", "I-mAP")  # the per-query values the evaluate stage writes
 RESAMPLES = 1000
+# the printed tables' columns (subset, metric): the README's; methods.json records every HEADLINE
+COLUMNS = (
+    ("all", "O-R@1"),
+    ("all", "O-mAP"),
+    ("all", "I-R@1"),
+    ("all", "I-mAP"),
+    ("size_0-20", "O-R@1"),
+    ("size_0-20", "O-mAP_std"),
+)
 # every config's own key embeds with the mean of the heads (so that keys keep one meaning whatever
 # params.yaml's train.embed_head); the other retrieval heads of a trained ms_ugcml model, no retraining
 BASE_HEAD = "mean"
@@ -172,21 +182,57 @@ def per_query_runs(folder: Path, backbone: str, dataset: str, name: str, baselin
 
 
 def summary_rows(result: dict, names: list[str], seeds: list[int]) -> list[str]:
+    """One Markdown row per name: the seeds it ran, then mean (min-max) over them of each COLUMNS."""
     rows = []
     for name in names:
-        cells = []
-        for subset in SUBSETS:
-            for key in HEADLINE:
-                suffix = "" if subset == "all" else f"_{subset}"
-                values = [result.get(f"{name}_s{s}{suffix}_{key}") for s in seeds]
-                values = [v for v in values if v is not None]
-                if not values:
-                    cells.append("—")
-                    continue
-                mean = float(np.mean(values))
-                cells.append(f"{mean:.2f}" + (f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""))
+        ran = [s for s in seeds if f"{name}_s{s}_{HEADLINE[0]}" in result]
+        cells = [",".join(map(str, ran)) or "—"]
+        for subset, key in COLUMNS:
+            suffix = "" if subset == "all" else f"_{subset}"
+            values = [result[f"{name}_s{s}{suffix}_{key}"] for s in ran if f"{name}_s{s}{suffix}_{key}" in result]
+            if not values:
+                cells.append("—")
+                continue
+            mean = float(np.mean(values))
+            cells.append(f"{mean:.2f}" + (f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else ""))
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
+
+
+def print_tables(result: dict, names: list[str], seeds: list[int], pairs: list[tuple[str, int]]) -> None:
+    """The Markdown tables of ``result`` (methods.json's keys): mean (min-max) over ``seeds`` per
+    config, the untrained backbone first, then each recorded paired comparison of ``pairs``."""
+    head = [key if subset == "all" else f"small {key}" for subset, key in COLUMNS]
+    print("| config | seeds | " + " | ".join(head) + " |")
+    print("|---|---|" + "---|" * len(head))
+    for row in summary_rows(result, ["none", *[n for n in names if n != "none"]], seeds):
+        print(row)
+    print("\n| pair (a - b, paired 95% bootstrap) | " + " | ".join(PAIRED) + " |")
+    print("|---|" + "---|" * len(PAIRED))
+    for a_b, seed in pairs:
+        cells = []
+        for metric in PAIRED:
+            key = f"{a_b}_s{seed}_{metric}"
+            if f"{key}_diff" in result:
+                low, high = result[f"{key}_ci95"]
+                mark = " **outside**" if result[f"{key}_separated"] else ""
+                cells.append(f"{result[f'{key}_diff']:+.2f} [{low:+.2f}, {high:+.2f}]{mark}")
+            else:
+                cells.append("-")
+        print(f"| {a_b} (seed {seed}) | " + " | ".join(cells) + " |")
+
+
+def recorded_pairs(result: dict, names: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """The paired comparisons methods.json holds between two of ``names``, per seed (a - b in the
+    order they were recorded)."""
+    out = []
+    for seed in seeds:
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                for x, y in ((a, b), (b, a)):
+                    if f"{x}_vs_{y}_s{seed}_{PAIRED[0]}_diff" in result:
+                        out.append((f"{x}_vs_{y}", seed))
+    return out
 
 
 def main() -> None:
@@ -205,7 +251,21 @@ def main() -> None:
         choices=RETRIEVAL_HEADS,
         help="retrieval heads of each ms_ugcml model besides the mean (default: all; none: --heads)",
     )
+    ap.add_argument(
+        "--report",
+        nargs="+",
+        metavar="NAME",
+        help="train nothing: print the tables of these recorded names (e.g. stml_m2 ms_ugcml_first_m2) over "
+        "--seeds from methods.json, with the paired comparisons it holds between them",
+    )
     args = ap.parse_args()
+    if args.report:
+        recorded = json.loads(RESULTS.read_text())
+        missing = [n for n in args.report if not any(f"{n}_s{s}_{HEADLINE[0]}" in recorded for s in args.seeds)]
+        if missing:
+            sys.exit(f"methods.json holds no seed {args.seeds} of: {', '.join(missing)}")
+        print_tables(recorded, args.report, args.seeds, recorded_pairs(recorded, ["none", *args.report], args.seeds))
+        return
     base = YAML(typ="safe", pure=True).load(Path(args.params))
     extra = {k: YAML(typ="safe", pure=True).load(v) for k, v in (s.split("=", 1) for s in args.set)}
     extra |= {k: v for k, v in (("steps", args.steps), ("queries", args.queries)) if v is not None}
@@ -235,24 +295,7 @@ def main() -> None:
     result |= compared
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(dict(sorted(result.items())), indent=2) + "\n")
-    head = [f"{k}" for k in HEADLINE] + [f"small {k}" for k in HEADLINE]
-    print("| config | " + " | ".join(head) + " |")
-    print("|---|" + "---|" * len(head))
-    for row in summary_rows(result, ["none", *names], args.seeds):
-        print(row)
-    print("\n| pair (a - b, paired 95% bootstrap) | " + " | ".join(PAIRED) + " |")
-    print("|---|" + "---|" * len(PAIRED))
-    for a_b, seed in pairs:
-        cells = []
-        for metric in PAIRED:
-            key = f"{a_b}_s{seed}_{metric}"
-            if f"{key}_diff" in compared:
-                low, high = compared[f"{key}_ci95"]
-                mark = " **outside**" if compared[f"{key}_separated"] else ""
-                cells.append(f"{compared[f'{key}_diff']:+.2f} [{low:+.2f}, {high:+.2f}]{mark}")
-            else:
-                cells.append("-")
-        print(f"| {a_b} (seed {seed}) | " + " | ".join(cells) + " |")
+    print_tables(result, names, args.seeds, pairs)
     print(f"wrote {RESULTS}")
 
 

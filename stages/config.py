@@ -305,6 +305,9 @@ class TrainParams(_Strict):
     weight_decay: float = Field(0.01, ge=0, description="AdamP weight decay")
     nesterov: bool = Field(True, description="AdamP with Nesterov momentum (STML and the authors)")
     ema: float = Field(0.999, ge=0, lt=1, description="teacher EMA momentum")
+    ema_every: int = Field(
+        1, ge=1, description="update the EMA teacher every N steps (STML: 1; the authors' code: 10, README)"
+    )
     sigma: float = Field(3.0, gt=0, description="sigma of w_ij = exp(-|t_i-t_j|^2/sigma) (eq. 4)")
     delta: float = Field(1.0, gt=0, description="margin delta of the relaxed contrastive loss (eq. 4)")
     context_k: int | None = Field(

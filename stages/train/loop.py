@@ -170,13 +170,19 @@ class Engine:
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     ema: float
+    ema_every: int = 1
 
     def step(
-        self, gen: torch.Generator, idx: torch.Tensor | None = None, rows: torch.Tensor | None = None
+        self,
+        gen: torch.Generator,
+        idx: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
+        step: int = 0,
     ) -> tuple[float, list[float]]:
-        """Minimise the loss of the global batch ``idx`` (None: sampled now), update the EMA
-        teacher: (lr used, logged terms). ``rows``: this rank's uint8 crops of ``idx``, already
-        loaded (by the data loader's workers); None: loaded now through ``load``."""
+        """Minimise the loss of the global batch ``idx`` (None: sampled now) and, when ``step`` (the
+        step's 0-based number) is a multiple of ``ema_every``, update the EMA teacher after the
+        optimiser's step: (lr used, logged terms). ``rows``: this rank's uint8 crops of ``idx``,
+        already loaded (by the data loader's workers); None: loaded now through ``load``."""
         if idx is None:
             idx = torch.from_numpy(self.method.batch())
         load = self.load if rows is None else _Loaded(rows, self.rt.device)
@@ -193,7 +199,8 @@ class Engine:
         self.sched.step()
         logged = [terms[k].detach().float() for k in LOSS_TERMS]
         if self.teacher is not None:
-            self.teacher.ema_update(self.student, self.ema)
+            if step % self.ema_every == 0:
+                self.teacher.ema_update(self.student, self.ema)
             logged.append(parameter_distance(self.teacher.backbone, self.student.backbone).float())
         logged = torch.stack(logged)
         if "diagnostics" in terms:
@@ -339,7 +346,9 @@ def _train(
     def load(idx: torch.Tensor) -> torch.Tensor:
         return source.load(idx.numpy()).to(rt.device, non_blocking=True).float().div_(255)
 
-    engine = Engine(rt, method, student, student_fwd, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema)
+    engine = Engine(
+        rt, method, student, student_fwd, teacher, teacher_fwd, load, opt, sched, scaler, cfg.ema, cfg.ema_every
+    )
     scratch = files.checkpoint.parent / f"{files.checkpoint.stem}.refresh"
 
     def embed_all(rows: np.ndarray | None = None) -> EmbeddingStore:
@@ -368,7 +377,7 @@ def _train(
             period = np.stack([method.batch() for _ in range(step, end)])
         loader = batch_loader(source, [b[lo:hi] for b in period], cfg.workers, pin, cfg.prefetch)
         for i, rows in enumerate(loader):
-            lr, values = engine.step(gen, torch.from_numpy(period[i]), rows)
+            lr, values = engine.step(gen, torch.from_numpy(period[i]), rows, step)
             row = [str(step), f"{lr:.6g}"] + [f"{v:.6g}" for v in values]
             state["history"].append(row)
             state["pending"] = period[i + 1 :]

@@ -70,16 +70,21 @@ def test_paired_interval_is_narrower_than_unpaired_on_correlated_queries():
     assert paired["separated"] and (paired["high"] - paired["low"]) < (hi_a - lo_a) / 5
 
 
-def test_methods_benchmark_compares_every_pair_on_the_same_queries():
+def _methods_benchmark():
     import importlib.util
     from pathlib import Path
-
-    import pandas as pd
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "methods.py"
     spec = importlib.util.spec_from_file_location("methods_benchmark", path)
     methods = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(methods)
+    return methods
+
+
+def test_methods_benchmark_compares_every_pair_on_the_same_queries():
+    import pandas as pd
+
+    methods = _methods_benchmark()
     rng = np.random.default_rng(0)
     base = rng.random(1500)
     q = np.arange(1500)
@@ -93,3 +98,15 @@ def test_methods_benchmark_compares_every_pair_on_the_same_queries():
     assert {k.split("_s0_")[0] for k in got} == {"ntxent_vs_stml", "ntxent_vs_none", "stml_vs_none"}
     with pytest.raises(ValueError, match="same queries"):
         methods.paired_comparisons({"a": table(0), "b": table(0).iloc[::-1].reset_index(drop=True)}, seed=0)
+
+
+def test_methods_report_rows_and_recorded_pairs():
+    methods = _methods_benchmark()
+    result = {f"stml_s{s}_{m}": v for s, v in ((0, 40.0), (2, 50.0)) for m in methods.HEADLINE}
+    result |= {f"stml_s{s}_size_0-20_O-mAP_std": v for s, v in ((0, 30.0), (2, 31.0))}
+    result |= {"none_vs_stml_s2_O-R@1_diff": -1.0}
+    (row,) = methods.summary_rows(result, ["stml"], [0, 1, 2])
+    cells = row.strip("| ").split(" | ")
+    assert cells[:3] == ["stml", "0,2", "45.00 (40.00–50.00)"]  # seed 1 never ran: not counted
+    assert cells[-1] == "30.50 (30.00–31.00)" and cells[-2] == "—"  # small O-R@1 not recorded
+    assert methods.recorded_pairs(result, ["stml", "none"], [0, 1, 2]) == [("none_vs_stml", 2)]

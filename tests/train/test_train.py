@@ -446,3 +446,18 @@ def test_fingerprint_ignores_how_the_trained_model_embeds():
 
     assert fp(embed_head="first") == fp(embed_head="mean")  # switching heads resumes the finished run
     assert fp(lr=1e-3) != fp(lr=2e-3)
+
+
+def test_ema_every_updates_the_teacher_on_every_nth_step_across_a_resume(tmp_path, crops, monkeypatch):
+    calls = []
+    update = TeacherModel.ema_update
+    monkeypatch.setattr(TeacherModel, "ema_update", lambda self, s, m: calls.append(m) or update(self, s, m))
+    cfg = CFG.model_copy(update={"ema_every": 3})  # 4 steps: the teacher moves after steps 0 and 3
+    run(tmp_path, crops, stop_after=2, cfg=cfg)
+    assert len(calls) == 1
+    run(tmp_path, crops, cfg=cfg)  # resumed at step 2: the count goes on from the run's step, not 0
+    assert len(calls) == 2
+    calls.clear()
+    (tmp_path / "every").mkdir()
+    run(tmp_path / "every", crops)
+    assert calls == [CFG.ema] * CFG.steps
