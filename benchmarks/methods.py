@@ -181,11 +181,16 @@ def per_query_runs(folder: Path, backbone: str, dataset: str, name: str, baselin
     return runs
 
 
+def recorded_seeds(result: dict, name: str, seeds: list[int]) -> list[int]:
+    """The ``seeds`` that ``result`` (methods.json's keys) holds a run of ``name`` for."""
+    return [s for s in seeds if f"{name}_s{s}_{HEADLINE[0]}" in result]
+
+
 def summary_rows(result: dict, names: list[str], seeds: list[int]) -> list[str]:
     """One Markdown row per name: the seeds it ran, then mean (min-max) over them of each COLUMNS."""
     rows = []
     for name in names:
-        ran = [s for s in seeds if f"{name}_s{s}_{HEADLINE[0]}" in result]
+        ran = recorded_seeds(result, name, seeds)
         cells = [",".join(map(str, ran)) or "—"]
         for subset, key in COLUMNS:
             suffix = "" if subset == "all" else f"_{subset}"
@@ -261,7 +266,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.report:
         recorded = json.loads(RESULTS.read_text())
-        missing = [n for n in args.report if not any(f"{n}_s{s}_{HEADLINE[0]}" in recorded for s in args.seeds)]
+        missing = [n for n in args.report if not recorded_seeds(recorded, n, args.seeds)]
         if missing:
             sys.exit(f"methods.json holds no seed {args.seeds} of: {', '.join(missing)}")
         print_tables(recorded, args.report, args.seeds, recorded_pairs(recorded, ["none", *args.report], args.seeds))
