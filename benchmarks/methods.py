@@ -132,12 +132,14 @@ def run_config(
     needs_groups = params["groups"] != base["groups"]
     _link_data(folder, own_groups=needs_groups)
     _write_params(folder, params)
+    backbone, dataset = params["backbones"][0], params["train_on"]
+    resumed = (folder / "models" / backbone / "checkpoint.pt").exists()  # a rerun would time only the rest
     t0 = time.perf_counter()
     _stages(folder, (("groups",) if needs_groups else ()) + ("train", "index", "evaluate"))
-    backbone, dataset = params["backbones"][0], params["train_on"]
     metrics_file = folder / "metrics" / backbone / f"{dataset}.json"
     out = {f"{name}{tag}": json.loads(metrics_file.read_text())}
-    out[f"{name}{tag}"]["seconds"] = round(time.perf_counter() - t0, 1)
+    if not resumed:  # a resumed run's time is not the run's time: the recorded one stays
+        out[f"{name}{tag}"]["seconds"] = round(time.perf_counter() - t0, 1)
     out[f"{name}{tag}"]["runs"] = per_query_runs(folder, backbone, dataset, f"{name}{tag}", "none")
     if params["train"]["method"] == "ms_ugcml" and params["groups"] > 1:  # the same model, other heads
         for head in heads:
